@@ -1,0 +1,199 @@
+"""Hugging Face checkpoint directories: config.json + model.safetensors (or pytorch_model.bin).
+
+Loading never executes code: safetensors, or torch.load(weights_only=True). Every key and shape is
+checked; a partial or mismatched load is an error that lists what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+
+import torch
+from torch import nn
+
+from .config import CONFIG_NAME, ConfigError, GLPNConfig
+
+log = logging.getLogger(__name__)
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+# BatchNorm step counters: only used in training, absent from some older checkpoints.
+_OPTIONAL_KEYS = re.compile(r".*num_batches_tracked$")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be found or read, or does not fit the model; the message says why."""
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
+    """A local directory as is; a hub id ("vinvino02/glpn-kitti") through huggingface_hub if
+    possible."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise CheckpointError(
+            f"{path}: is a file; pass the checkpoint directory holding {CONFIG_NAME} "
+            "and the weights"
+        )
+    if not _HUB_ID.match(path):
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    how = (
+        f"download it where the Hugging Face hub is reachable "
+        f"(`hf download {path} --local-dir DIR`, "
+        "or git clone) and pass the local directory DIR"
+    )
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: not a local directory, and huggingface_hub is not installed to fetch it; "
+            f"{how}"
+        ) from None
+    patterns = [CONFIG_NAME, "*.safetensors", "*.bin", "*.json"]
+    try:  # the local cache first: works offline after one download
+        return snapshot_download(path, allow_patterns=patterns, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        return snapshot_download(path, allow_patterns=patterns)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: could not fetch from the hub ({reason}); {how}") from None
+
+
+def _load_file(file: str, map_location) -> dict[str, torch.Tensor]:
+    try:
+        if file.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(file, device=str(map_location))
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{file}: cannot read weights ({type(e).__name__}: {e})") from None
+
+
+def load_state_dict(directory: str, map_location="cpu") -> dict[str, torch.Tensor]:
+    """Read the weights of a checkpoint directory (safetensors preferred, sharded or not)."""
+    for index_name in (SAFE_INDEX, TORCH_INDEX):
+        index = os.path.join(directory, index_name)
+        if os.path.isfile(index):
+            try:
+                with open(index, encoding="utf-8") as f:
+                    shards = sorted(set(json.load(f)["weight_map"].values()))
+            except (OSError, ValueError, KeyError) as e:
+                raise CheckpointError(f"{index}: not a valid weight index ({e})") from None
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                state.update(_load_file(os.path.join(directory, shard), map_location))
+            return state
+    for name in (SAFE_WEIGHTS, TORCH_WEIGHTS):
+        file = os.path.join(directory, name)
+        if os.path.isfile(file):
+            state = _load_file(file, map_location)
+            if not isinstance(state, dict) or not all(
+                isinstance(v, torch.Tensor) for v in state.values()
+            ):
+                raise CheckpointError(f"{file}: not a state dict of tensors")
+            return state
+    raise CheckpointError(
+        f"{directory}: no weights found (expected {SAFE_WEIGHTS} or {TORCH_WEIGHTS})"
+    )
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def check_and_load(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load that names every missing, unexpected or mis-shaped key."""
+    prefix = getattr(model, "checkpoint_prefix", "")
+    if prefix and any(k.startswith(prefix) for k in state):
+        # The encoder alone out of a full depth checkpoint: the decoder and head are expected
+        # extras.
+        state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not _OPTIONAL_KEYS.match(k)]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"mis-shaped keys: {_listing(shapes)}")
+    if problems:
+        raise CheckpointError(
+            f"{source}: weights do not fit {type(model).__name__}({_config_summary(model)}); "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=False)  # strictness checked above, with better messages
+
+
+def _config_summary(model: nn.Module) -> str:
+    c = getattr(model, "config", None)
+    if c is None:
+        return ""
+    return f"hidden_sizes={list(c.hidden_sizes)}, depths={list(c.depths)}"
+
+
+def load_pretrained(
+    cls,
+    path: str | os.PathLike,
+    *,
+    config: GLPNConfig | None = None,
+    map_location="cpu",
+    **config_overrides,
+):
+    directory = resolve_checkpoint_dir(path)
+    if config is None:
+        config_file = os.path.join(directory, CONFIG_NAME)
+        if not os.path.isfile(config_file):
+            raise CheckpointError(f"{directory}: no {CONFIG_NAME}")
+        try:
+            config = GLPNConfig.from_json_file(config_file)
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from None
+    if config_overrides:
+        import dataclasses
+
+        config = dataclasses.replace(config, **config_overrides)
+    model = cls(config)
+    check_and_load(model, load_state_dict(directory, map_location), directory)
+    return model.eval()
+
+
+def save_pretrained(model: nn.Module, path: str | os.PathLike, *, safe_serialization: bool = True):
+    """Write config.json and the weights; files are replaced atomically so a failure corrupts
+    nothing."""
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
+    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-", suffix=name)
+    os.close(fd)
+    try:
+        if safe_serialization:
+            from safetensors.torch import save_file
+
+            save_file(state, tmp, metadata={"format": "pt"})
+        else:
+            torch.save(state, tmp)
+        os.replace(tmp, os.path.join(path, name))
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    model.config.save_pretrained(path)

@@ -1,0 +1,97 @@
+"""GLPN decoder (Kim et al. 2022, sec. 3.3-3.4): Selective Feature Fusion stages, depth head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GLPNConfig
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    # Indices 0 (conv) and 1 (BatchNorm) are the checkpoint's key names.
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()
+    )
+
+
+class SelectiveFeatureFusion(nn.Module):
+    """Predicts a two-channel attention map from [local, global] and blends the two with it."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.convolutional_layer1 = _conv_bn_relu(2 * channels, channels)
+        self.convolutional_layer2 = _conv_bn_relu(channels, channels // 2)
+        self.convolutional_layer3 = nn.Conv2d(channels // 2, 2, kernel_size=3, padding=1)
+
+    def forward(self, local: torch.Tensor, global_: torch.Tensor) -> torch.Tensor:
+        a = torch.cat((local, global_), dim=1)  # (B, 2C, H, W)
+        a = self.convolutional_layer3(self.convolutional_layer2(self.convolutional_layer1(a)))
+        a = torch.sigmoid(a)  # (B, 2, H, W)
+        return local * a[:, 0:1] + global_ * a[:, 1:2]
+
+
+class DecoderStage(nn.Module):
+    """1x1 conv to the decoder width, fuse with the coarser stage's output, upsample bilinearly."""
+
+    def __init__(self, in_channels: int, out_channels: int, *, fuse: bool) -> None:
+        super().__init__()
+        self.convolution = (
+            nn.Conv2d(in_channels, out_channels, kernel_size=1)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
+        self.fusion = SelectiveFeatureFusion(out_channels) if fuse else None
+
+    def forward(
+        self, x: torch.Tensor, coarser: torch.Tensor | None, out_size: tuple[int, int]
+    ) -> torch.Tensor:
+        x = self.convolution(x)
+        if self.fusion is not None and coarser is not None:
+            x = self.fusion(x, coarser)
+        # Upsampling to the next stage's size equals x2 for inputs the reference accepts, and also
+        # makes
+        # any input size work; shapes are static, so export and compile still see one graph.
+        return F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+
+
+class Decoder(nn.Module):
+    """Runs the stages coarse to fine; returns every stage output, the last at the input's size."""
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.stages = nn.ModuleList(
+            DecoderStage(h, width, fuse=i > 0) for i, h in enumerate(reversed(config.hidden_sizes))
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        features = features[::-1]  # deepest first
+        sizes = [tuple(f.shape[-2:]) for f in features[1:]]
+        last = features[-1].shape[-2:]
+        sizes.append((2 * last[0], 2 * last[1]))
+        outputs = []
+        x = None
+        for feat, stage, size in zip(features, self.stages, sizes):
+            x = stage(feat, x, size)
+            outputs.append(x)
+        outputs[-1] = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+        return outputs
+
+
+class DepthHead(nn.Module):
+    """conv3x3 -> ReLU -> conv3x3 -> sigmoid, scaled to metres."""
+
+    def __init__(self, config: GLPNConfig) -> None:
+        super().__init__()
+        c = config.decoder_hidden_size
+        self.head = nn.Sequential(
+            nn.Conv2d(c, c, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(c, 1, 3, padding=1)
+        )
+        self.max_depth = float(config.max_depth)
+        self.head_in_index = config.head_in_index
+
+    def forward(self, decoder_outputs: list[torch.Tensor]) -> torch.Tensor:
+        x = self.head(decoder_outputs[self.head_in_index])  # (B, 1, H, W)
+        return (torch.sigmoid(x) * self.max_depth).squeeze(1)  # (B, H, W) metres
