@@ -1,0 +1,306 @@
+"""Pipeline benchmarks: what the streaming machinery costs on top of the model.
+
+1. throughput: the pipeline on a lossless video vs the bare engine, same engine and input size
+   (target: pipeline >= 90% of the model, i.e. capture, pre/post and transport are hidden);
+2. hop: 1280x720 RGB frames between two stage threads through the message codec (zero-copy
+   inproc; target >= 5000 frames/s), with ipc and tcp for comparison;
+3. live latency: a live source faster than the model, end-to-end p95 vs the model's latency
+   (target: p95 <= 2x; the source is a 30 fps camera, or 2.5x a faster model).
+
+    python benchmarks/bench_pipeline.py                      # tiny random model, small settings
+    python benchmarks/bench_pipeline.py --preset default --input-size 480x640 --frames 40
+    python benchmarks/bench_pipeline.py --checkpoint DIR --backend auto --max-batch 2
+
+Prints a table and writes JSON (default benchmarks/results/pipeline.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+
+import cv2
+import numpy as np
+import torch
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import glpn.engine  # noqa: E402
+from glpn import GLPNConfig, GLPNForDepthEstimation  # noqa: E402
+from glpn.synthetic import spread_init_, synthetic_image  # noqa: E402
+from pipeline import Pipeline, messages  # noqa: E402
+
+TINY = dict(
+    depths=(1, 1, 2, 1),
+    hidden_sizes=(16, 32, 48, 64),
+    num_attention_heads=(1, 2, 3, 4),
+    decoder_hidden_size=16,
+)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def make_checkpoint(preset: str, folder: str) -> str:
+    config = GLPNConfig(**TINY) if preset == "tiny" else GLPNConfig.preset(preset)
+    torch.manual_seed(0)
+    spread_init_(GLPNForDepthEstimation(config)).save_pretrained(folder)
+    return folder
+
+
+def write_clip(path: str, frames: int, height: int, width: int, fps: float = 30.0) -> str:
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    base = [synthetic_image(height, width, seed=s) for s in range(8)]
+    for i in range(frames):
+        writer.write(np.roll(base[i % 8], 3 * i, axis=1))
+    writer.release()
+    return path
+
+
+def engine_factory(args, checkpoint):
+    def build():
+        return glpn.engine.load(
+            checkpoint,
+            backend=args.backend,
+            precision=args.precision,
+            device=args.device,
+            input_size=args.input_size,
+            batch_sizes=tuple(sorted({1, args.max_batch})),
+        )
+
+    return build
+
+
+def bench_model(factory, input_size, batch: int, calls: int) -> dict:
+    engine = factory()
+    x = np.random.default_rng(0).random((batch, 3, *input_size), dtype=np.float32)
+    for _ in range(2):  # warm-up
+        engine(x)
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        engine(x)
+        times.append(time.perf_counter() - t0)
+    x1 = x[:1]
+    engine(x1)
+    single = []
+    for _ in range(max(3, calls // 2)):
+        t0 = time.perf_counter()
+        engine(x1)
+        single.append(time.perf_counter() - t0)
+    return {
+        "engine": engine.describe() if hasattr(engine, "describe") else type(engine).__name__,
+        "batch": batch,
+        "fps": batch / statistics.median(times),
+        "latency_ms_batch1": statistics.median(single) * 1000,
+    }
+
+
+def bench_pipeline_throughput(args, factory, checkpoint, clip: str) -> dict:
+    cfg = {
+        "sources": [{"uri": clip, "id": "clip", "mode": "lossless"}],
+        "model": {
+            "checkpoint": checkpoint,
+            "input_size": list(args.input_size),
+            "max_batch": args.max_batch,
+            "max_wait_ms": args.max_wait_ms,
+        },
+        "metrics": {"interval_s": 0},
+    }
+    t_start = time.perf_counter()
+    stamps = []
+    pipe = Pipeline(cfg, engine_factory=factory)
+    for _ in pipe:
+        stamps.append(time.perf_counter())
+    summary = pipe.summary()
+    inference = summary.stages["inference"]["latency_ms"]
+    n = len(stamps)
+    # steady state: skip the first results (warm-up of the engine and the first batches)
+    skip = min(max(2 * args.max_batch, 2), n // 3)
+    steady = (n - 1 - skip) / (stamps[-1] - stamps[skip])
+    return {
+        "frames": n,
+        "fps": steady,
+        # share of the time the model was computing: 1.0 = capture, pre/post and transport are
+        # fully hidden (what is left is the model itself running slower next to them)
+        "model_busy": steady * inference["p50"] / 1000 / args.max_batch,
+        "inference_in_pipeline_ms": inference,
+        "fps_including_startup": n / (stamps[-1] - t_start),
+        "e2e_ms": summary.e2e_ms,
+        "stages": {
+            k: {"p50": v["latency_ms"]["p50"], "p95": v["latency_ms"]["p95"]}
+            for k, v in summary.stages.items()
+        },  # fmt: skip
+    }
+
+
+def bench_hop(kind: str, frames: int, shape=(720, 1280, 3)) -> dict:
+    """PUSH -> PULL between two threads with the pipeline's codec (header + zero-copy buffer)."""
+    ctx = zmq.Context()
+    if kind == "inproc":
+        endpoint = "inproc://hop"
+    elif kind == "ipc":
+        endpoint = f"ipc://{tempfile.mkdtemp()}/hop"
+    else:
+        endpoint = "tcp://127.0.0.1:*"
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.RCVHWM, 4)
+    pull.bind(endpoint)
+    endpoint = pull.getsockopt_string(zmq.LAST_ENDPOINT)
+    images = [np.full(shape, i, np.uint8) for i in range(4)]
+    header = {"kind": "frame", "stream": "hop", "index": 0, "t_mono": 0.0, "t_wall": 0.0,
+              "mode": "lossless", "source_shape": list(shape[:2])}  # fmt: skip
+
+    def sender():
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 4)
+        push.connect(endpoint)
+        for i in range(frames):
+            header["index"] = i
+            messages.send(push, header, {"image": images[i % 4]})
+        push.close(linger=-1)
+
+    t = threading.Thread(target=sender)
+    t0 = time.perf_counter()
+    t.start()
+    checksum = 0
+    for _ in range(frames):
+        msg = messages.recv(pull)
+        checksum += int(msg.arrays["image"][0, 0, 0])  # touch the data, as a stage would
+    elapsed = time.perf_counter() - t0
+    t.join()
+    pull.close(0)
+    ctx.term()
+    assert checksum == sum(i % 4 for i in range(frames))
+    return {"transport": kind, "frames": frames, "fps": frames / elapsed}
+
+
+def live_source_fps(model_latency_ms: float) -> float:
+    """A 30 fps camera, or 2.5x the model's rate (at most 60) if the model is faster than that."""
+    return min(60.0, max(30.0, 2.5 * 1000.0 / model_latency_ms))
+
+
+def bench_live(args, factory, checkpoint, clip: str, model_latency_ms: float) -> dict:
+    fps = live_source_fps(model_latency_ms)
+    cfg = {
+        "sources": [{"uri": clip, "id": "live", "mode": "live", "pace": True, "fps": fps}],
+        "model": {"checkpoint": checkpoint, "input_size": list(args.input_size), "max_batch": 1},
+        "metrics": {"interval_s": 0},
+    }
+    latencies = []
+    pipe = Pipeline(cfg, engine_factory=factory)
+    for r in pipe:
+        latencies.append(r.latency_ms)
+    summary = pipe.summary()
+    lat = np.array(latencies[2:] or latencies)  # skip engine warm-up in the first results
+    p95 = float(np.percentile(lat, 95))
+    return {
+        "source_fps": fps,
+        "delivered": len(latencies),
+        "captured": summary.stages["capture:live"]["processed"],
+        "dropped": sum(s["dropped"] for s in summary.stages.values()),
+        "e2e_p50_ms": float(np.percentile(lat, 50)),
+        "e2e_p95_ms": p95,
+        "model_latency_ms": model_latency_ms,
+        "p95_over_model": p95 / model_latency_ms,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--checkpoint", help="checkpoint directory (default: random --preset weights)")
+    ap.add_argument("--preset", default="tiny", choices=["tiny", "default", "kitti", "nyu"])
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--input-size", type=parse_size, default=(224, 320), help="HxW, /32")
+    ap.add_argument("--source-size", type=parse_size, default=(240, 320), help="HxW of the clip")
+    ap.add_argument("--frames", type=int, default=120, help="frames through the pipeline")
+    ap.add_argument("--max-batch", type=int, default=1)
+    ap.add_argument("--max-wait-ms", type=float, default=5.0)
+    ap.add_argument("--model-calls", type=int, default=20)
+    ap.add_argument("--hop-frames", type=int, default=5000)
+    ap.add_argument("--live-seconds", type=float, default=8.0)
+    ap.add_argument("--out", default=os.path.join("benchmarks", "results", "pipeline.json"))
+    args = ap.parse_args()
+
+    tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
+    checkpoint = args.checkpoint or make_checkpoint(args.preset, os.path.join(tmp.name, "ckpt"))
+    factory = engine_factory(args, checkpoint)
+    h, w = args.source_size
+    clip = write_clip(os.path.join(tmp.name, "clip.avi"), args.frames, h, w)
+
+    print(f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}, {platform.processor()}")
+    hops = [bench_hop(kind, n) for kind, n in
+            (("inproc", args.hop_frames), ("ipc", args.hop_frames // 4),
+             ("tcp", args.hop_frames // 4))]  # fmt: skip
+    # The machine may be shared: measure the bare model right before each comparison.
+    model = bench_model(factory, args.input_size, args.max_batch, args.model_calls)
+    pipe = bench_pipeline_throughput(args, factory, checkpoint, clip)
+    model_live = bench_model(factory, args.input_size, 1, args.model_calls)
+    latency = model_live["latency_ms_batch1"]
+    live_frames = max(20, int(args.live_seconds * live_source_fps(latency)))
+    live_clip = write_clip(os.path.join(tmp.name, "live.avi"), live_frames, h, w)
+    live = bench_live(args, factory, checkpoint, live_clip, latency)
+
+    ratio = pipe["fps"] / model["fps"]
+    rows = [
+        ("model (bare engine)", f"{model['fps']:.1f} fps", f"batch {model['batch']}, "
+         f"{model['latency_ms_batch1']:.1f} ms/frame at batch 1", ""),
+        ("pipeline, lossless", f"{pipe['fps']:.1f} fps", f"{ratio:.0%} of the model; model busy "
+         f"{pipe['model_busy']:.0%} at {pipe['inference_in_pipeline_ms']['p50']:.1f} ms/call",
+         "PASS" if ratio >= 0.9 else "below 90%"),
+    ]  # fmt: skip
+    for hop in hops:
+        target = "PASS" if hop["fps"] >= 5000 else "below 5000"
+        rows.append((f"1280x720 hop, {hop['transport']}", f"{hop['fps']:.0f} fps", "",
+                     target if hop["transport"] == "inproc" else ""))  # fmt: skip
+    rows.append((
+        "live e2e latency", f"p95 {live['e2e_p95_ms']:.0f} ms",
+        f"{live['p95_over_model']:.2f}x model ({live['source_fps']:.0f} fps source, "
+        f"{live['dropped']}/{live['captured']} dropped)",
+        "PASS" if live["p95_over_model"] <= 2.0 else "above 2x",
+    ))  # fmt: skip
+    print(f"\nengine: {model['engine']}, input {args.input_size[0]}x{args.input_size[1]}, "
+          f"source {h}x{w}, max_batch {args.max_batch}")  # fmt: skip
+    print(f"{'benchmark':<24}{'result':>14}  {'detail':<52}{'target'}")
+    for name, value, detail, target in rows:
+        print(f"{name:<24}{value:>14}  {detail:<52}{target}")
+
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "processor": platform.processor(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "zmq": zmq.zmq_version(),
+            "opencv": cv2.__version__,
+        },
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
+        "model": model,
+        "pipeline": pipe,
+        "pipeline_over_model": ratio,
+        "model_before_live": model_live,
+        "hop": hops,
+        "live": live,
+    }
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"\nwrote {args.out}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Inference stage: micro-batches frames across streams and runs the one model instance.
+
+The engine is built inside this thread (engines are not thread-safe; detectron2's AsyncPredictor
+does the same) and every device call happens here. A batch closes at `max_batch` frames or
+`max_wait_ms` after its first frame, whichever comes first, or at once when a stream ends. Frames
+are pulled from preprocess with credits: after a batch, exactly as many new frames are asked for as
+were consumed, so at most `max_batch` (+ `prefetch` for lossless-only pipelines) frames are ever
+in flight, and a live frame is picked as late (as fresh) as possible.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from . import messages
+from .errors import MessageError
+from .stage import Stage
+
+EngineFactory = Callable[[], Any]  # returns a callable (B, 3, h, w) float32 -> (B, h, w) metres
+
+
+class InferenceStage(Stage):
+    def __init__(
+        self,
+        engine_factory: EngineFactory,
+        *,
+        streams: Sequence[str],
+        input: str,
+        credit: str,
+        output: str,
+        max_batch: int = 1,
+        max_wait_ms: float = 5.0,
+        prefetch: int = 0,
+        hwm: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__("inference", **kwargs)
+        self.engine_factory = engine_factory
+        self.streams = set(streams)
+        self.input = input  # bound here
+        self.credit_endpoint = credit  # bound here; preprocess connects
+        self.output = output  # postprocess input (connect)
+        self.max_batch = max_batch
+        self.max_wait_ms = max_wait_ms
+        # Extra frames to have queued while a batch runs; only for lossless-only pipelines, as a
+        # queued live frame would grow stale while it waits.
+        self.prefetch = prefetch
+        self.hwm = hwm
+        self.engine: Any = None
+        self.description = ""  # engine.describe(), once built
+        self.batches = 0
+
+    def setup(self) -> None:
+        self.engine = self.engine_factory()
+        describe = getattr(self.engine, "describe", None)
+        self.description = describe() if callable(describe) else type(self.engine).__name__
+        self.max_depth = float(getattr(self.engine, "max_depth", 0.0)) or None
+        # Credits bound what preprocess sends (EOS markers need none); the HWM also bounds what a
+        # foreign peer could push here.
+        window = self.max_batch + self.prefetch + len(self.streams) + self.hwm
+        self.inp = self.socket(zmq.PULL, bind=self.input, hwm=window, role="input")
+        self.credit = self.socket(zmq.PUSH, bind=self.credit_endpoint, role="credit")
+        self.out = self.socket(zmq.PUSH, connect=self.output, hwm=self.hwm)
+
+    def teardown(self) -> None:
+        self.engine = None  # free device memory in this thread
+
+    def loop(self) -> None:
+        ended: set[str] = set()
+        pending: list[messages.Message] = []
+        self.owed = self.max_batch + self.prefetch  # credits not yet sent to preprocess
+        deadline = 0.0
+        while ended != self.streams:
+            timeout = None
+            if pending:
+                timeout = max(0.0, (deadline - time.monotonic()) * 1000)
+            events = self.poll(
+                [(self.inp, zmq.POLLIN), (self.credit, zmq.POLLOUT if self.owed else 0)], timeout
+            )
+            if self.credit in events:
+                self._grant()
+            eos: list[str] = []
+            if self.inp in events:
+                while not eos:  # stop draining at an EOS: its stream's frames go first
+                    try:
+                        msg = self.receive(self.inp)
+                    except zmq.Again:
+                        break
+                    if msg is None:
+                        continue
+                    if msg.stream not in self.streams:
+                        self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
+                    elif msg.kind == "eos":
+                        eos.append(msg.stream)
+                    else:
+                        if not pending:
+                            deadline = time.monotonic() + self.max_wait_ms / 1000
+                        pending.append(msg)
+            # Full batches run at once; a partial one at its deadline or when its stream ends.
+            while pending and (
+                len(pending) >= self.max_batch or eos or time.monotonic() >= deadline
+            ):
+                n = self._run_next(pending)
+                del pending[:n]
+                self.owed += n
+                self._grant()  # ask for more frames while the next batch runs
+                deadline = time.monotonic() + self.max_wait_ms / 1000
+            self.metrics.backlog = len(pending)
+            for stream in eos:
+                self.send(self.out, messages.encode(messages.eos_header(stream)), block=True)
+                self.metrics.sent += 1
+                ended.add(stream)
+
+    def _grant(self) -> None:
+        if self.owed:
+            try:
+                self.credit.send(str(self.owed).encode(), zmq.NOBLOCK)
+                self.owed = 0
+            except zmq.Again:  # preprocess not connected yet: the poll retries
+                pass
+
+    def _run_next(self, frames: list[messages.Message]) -> int:
+        """Run the first batch (consecutive same-size frames, <= max_batch); returns its size."""
+        shape = frames[0].arrays.get("pixels", np.empty(0)).shape
+        end = 1
+        while (
+            end < len(frames)
+            and end < self.max_batch
+            and frames[end].arrays.get("pixels", np.empty(0)).shape == shape
+        ):
+            end += 1
+        self._run_batch(frames[:end])
+        return end
+
+    def _run_batch(self, frames: list[messages.Message]) -> None:
+        try:
+            pixels = [m.array("pixels", dtype="float32", ndim=3) for m in frames]
+        except MessageError as e:  # only a foreign peer could send this
+            for _ in frames:
+                self.malformed(e)
+            return
+        n = len(pixels)
+        # (B, 3, h, w); a single frame goes as a view of its message (engines only read it).
+        # Engines built for fixed batch sizes pad partial batches themselves (glpn.engine does).
+        batch = np.stack(pixels) if n > 1 else messages.writable(pixels[0][None])
+        t0 = time.monotonic()
+        depth = self.engine(batch)
+        if not isinstance(depth, np.ndarray):  # a torch tensor from a custom engine
+            depth = depth.detach().float().cpu().numpy()
+        t1 = time.monotonic()
+        ms = (t1 - t0) * 1000
+        expected = (n, *batch.shape[2:])
+        if depth.ndim == 4 and depth.shape[1] == 1:
+            depth = depth[:, 0]
+        if depth.shape != expected:
+            raise RuntimeError(f"engine returned depth of shape {depth.shape}, expected {expected}")
+        depth = np.ascontiguousarray(depth, dtype=np.float32)
+        self.batches += 1
+        self.metrics.record(ms, n=n)
+        self.metrics.events["batches"] += 1
+        for msg, d in zip(frames, depth):
+            header = messages.stamp(msg.header, "inference", t0, t1)
+            self.metrics.record_wait(header["wait_ms"]["inference"])
+            header["batch"] = len(frames)
+            if self.max_depth:
+                header["max_depth"] = self.max_depth
+            arrays = {"depth": d}
+            if "image" in msg.arrays:
+                arrays["image"] = msg.arrays["image"]
+            if self.send(
+                self.out, messages.encode(header, arrays), block=msg.header["mode"] != "live"
+            ):
+                self.metrics.sent += 1
+            else:
+                self.metrics.drop("downstream_full")

@@ -1,0 +1,139 @@
+"""Sink stage: hands every finished frame to all configured sinks and to the Python API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from . import messages
+from .config import OutputsConfig
+from .errors import EndpointError, MessageError
+from .results import DepthResult
+from .sinks import (
+    CallbackSink,
+    FileSink,
+    PublishSink,
+    Sink,
+    VideoSink,
+    WindowSink,
+    display_available,
+)
+from .stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class SinkStage(Stage):
+    def __init__(
+        self,
+        outputs: OutputsConfig,
+        *,
+        streams: Sequence[str],
+        input: str,
+        results: str | None = None,
+        callback: Callable[[DepthResult], object] | None = None,
+        request_stop: Callable[[str], None] = lambda reason: None,
+        hwm: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__("sink", **kwargs)
+        self.outputs = outputs
+        self.streams = list(streams)
+        self.input = input  # bound here
+        self.results_endpoint = results  # bound here when Python code iterates over results
+        self.callback = callback
+        self.request_stop = request_stop
+        self.hwm = hwm
+        self.sinks: list[Sink] = []
+        self.delivered: dict[str, int] = {s: 0 for s in self.streams}
+
+    def setup(self) -> None:
+        self.inp = self.socket(zmq.PULL, bind=self.input, hwm=self.hwm, role="input")
+        self.results = None
+        if self.results_endpoint:
+            self.results = self.socket(
+                zmq.PUSH, bind=self.results_endpoint, hwm=self.hwm, role="results"
+            )
+        out = self.outputs
+        if out.zmq is not None:
+            pub = self.socket(zmq.PUB, hwm=out.zmq.hwm)
+            try:
+                pub.bind(out.zmq.endpoint)
+            except zmq.ZMQError as e:
+                raise EndpointError(f"outputs.zmq: cannot bind {out.zmq.endpoint}: {e}") from None
+            self.bound["publish"] = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.sinks.append(PublishSink(pub, publish_view=out.zmq.publish_view))
+        if out.files is not None:
+            self.sinks.append(FileSink(out.files))
+        if out.video is not None:
+            self.video = VideoSink(out.video, self.streams)
+            self.sinks.append(self.video)
+        if out.window is not None:
+            if display_available():
+                self.sinks.append(WindowSink(out.window, self.request_stop))
+            else:
+                log.warning("outputs.window: no display found; the window output is off")
+        if self.callback is not None:
+            self.sinks.append(CallbackSink(self.callback))
+
+    def teardown(self) -> None:
+        errors = []
+        for sink in self.sinks:  # every sink gets closed, even if one fails
+            try:
+                sink.close()
+            except Exception as e:
+                errors.append(e)
+                log.error("sink %s: close failed: %s", type(sink).__name__, e)
+        if errors:
+            raise errors[0]
+
+    def loop(self) -> None:
+        ended: set[str] = set()
+        streams = set(self.streams)
+        while ended != streams:
+            self.poll([(self.inp, zmq.POLLIN)])
+            while True:
+                try:
+                    msg = self.receive(self.inp)
+                except zmq.Again:
+                    break
+                if msg is None:
+                    continue
+                if msg.stream not in streams:
+                    self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
+                elif msg.kind == "eos":
+                    for sink in self.sinks:
+                        sink.end_stream(msg.stream)
+                    if self.results is not None:
+                        self.send(self.results, messages.encode(msg.header), block=True)
+                    ended.add(msg.stream)
+                else:
+                    self._deliver(msg)
+
+    def _deliver(self, msg: messages.Message) -> None:
+        if "depth" not in msg.arrays:
+            self.malformed(MessageError("frame without a 'depth' array"))
+            return
+        t0 = time.monotonic()
+        header = messages.stamp(msg.header, "sink", t0, t0)  # the wait before the sinks
+        del header["stage_ms"]["sink"]
+        self.metrics.record_wait(header["wait_ms"]["sink"])
+        e2e = (t0 - header["t_mono"]) * 1000
+        header["latency_ms"] = round(e2e, 3)  # capture -> depth ready for the sinks
+        self.metrics.record_e2e(e2e)
+        result = DepthResult(header, msg.arrays["depth"], msg.arrays.get("view"))
+        for sink in self.sinks:
+            sink.write(result)
+        if self.results is not None:
+            arrays = {"depth": result.depth}
+            if result.view is not None:
+                arrays["view"] = result.view
+            live = header["mode"] == "live"
+            if not self.send(self.results, messages.encode(header, arrays), block=not live):
+                self.metrics.drop("results_full")
+        self.delivered[result.stream] += 1
+        self.metrics.record((time.monotonic() - t0) * 1000)
+        self.metrics.sent += 1

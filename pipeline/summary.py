@@ -1,0 +1,55 @@
+"""The result of a run: outcome, frames per stream, end-to-end latency and per-stage metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Summary:
+    """What a run did. `stages` holds each stage's metrics snapshot (see StageMetrics.snapshot)."""
+
+    outcome: str  # running | finished (every source ended) | stopped | failed
+    stopped_by: str | None  # stop() | SIGINT | SIGTERM | window | None
+    duration_s: float
+    frames: dict[str, int]  # stream id -> frames delivered to the sinks
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    e2e_ms: dict[str, float] = field(default_factory=dict)  # capture -> depth, p50/p95/max
+    engine: str = ""  # engine.describe()
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "stopped_by": self.stopped_by,
+            "duration_s": self.duration_s,
+            "frames": self.frames,
+            "e2e_ms": self.e2e_ms,
+            "engine": self.engine,
+            "error": self.error,
+            "stages": self.stages,
+        }
+
+    def format(self) -> str:
+        """A table: one row per stage."""
+        total = sum(self.frames.values())
+        fps = total / self.duration_s if self.duration_s > 0 else 0.0
+        lines = [
+            f"depthstream {self.outcome}"
+            + (f" ({self.stopped_by})" if self.stopped_by else "")
+            + f": {total} frames in {self.duration_s:.1f} s ({fps:.1f} fps), engine: {self.engine}",
+            f"end-to-end capture->depth ms: p50 {self.e2e_ms.get('p50', 0):.1f}  "
+            f"p95 {self.e2e_ms.get('p95', 0):.1f}  max {self.e2e_ms.get('max', 0):.1f}",
+            f"{'stage':<22}{'items':>8}{'fps':>9}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}"
+            f"{'wait p95':>10}{'queue':>7}{'drops':>7}{'bad':>5}",
+        ]
+        for name, s in self.stages.items():
+            lat = s["latency_ms"]
+            wait = s.get("wait_ms", {}).get("p95")
+            lines.append(
+                f"{name:<22}{s['processed']:>8}{s['fps']:>9.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
+                f"{lat['max']:>9.2f}{'-' if wait is None else f'{wait:.2f}':>10}"
+                f"{s.get('queue', 0):>7}{s['dropped']:>7}{s['malformed']:>5}"
+            )
+        return "\n".join(lines)
