@@ -135,7 +135,12 @@ def free_port() -> int:
 
 
 def _listening(port: int) -> bool:
-    """True when something listens on 127.0.0.1:port (read from /proc, without connecting)."""
+    """True when something listens on 127.0.0.1:port, or has accepted a client there.
+
+    Read from /proc, without connecting. `-listen 1` closes its listening socket once a client is
+    accepted, and a reconnecting pipeline can get in before a poll sees LISTEN: an ESTABLISHED
+    socket on the server's port then says the server is up.
+    """
     want = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -145,7 +150,7 @@ def _listening(port: int) -> bool:
             continue
         for row in rows:
             cols = row.split()
-            if cols[1].endswith(want) and cols[3] == "0A":  # 0A = LISTEN
+            if cols[1].endswith(want) and cols[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
                 return True
     return False
 
