@@ -26,10 +26,13 @@ import tempfile
 import threading
 import time
 
-import cv2
-import numpy as np
-import torch
-import zmq
+# As run_stream.py does (see there): the pipeline is measured as the program runs it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zmq  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -286,6 +289,7 @@ def main() -> None:
             "torch": torch.__version__,
             "zmq": zmq.zmq_version(),
             "opencv": cv2.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()},
         "model": model,

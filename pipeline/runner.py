@@ -87,8 +87,10 @@ class Pipeline:
         *,
         engine_factory: EngineFactory | None = None,
         on_result: Callable[[DepthResult], object] | None = None,
+        log_summary: bool = True,
     ) -> None:
         self.config = load_config(config)
+        self.log_summary = log_summary  # False when the caller prints summary() itself
         self.engine_factory = engine_factory or default_engine_factory(self.config)
         self.on_result = on_result
         self.streams = self.config.stream_ids()
@@ -282,7 +284,8 @@ class Pipeline:
             with self._lock:
                 if self._failure is None:
                     self._failure = (stage.name, stage.error)
-                    log.error("stage %s failed: %s; stopping the pipeline", stage.name, stage.error)
+                    # DEBUG: the caller gets it as the StageError from run()/join()/iteration.
+                    log.debug("stage %s failed: %s; stopping the pipeline", stage.name, stage.error)
             self.stop(reason=None)
 
     def stop(self, reason: str | None = "stop()") -> None:
@@ -346,7 +349,8 @@ class Pipeline:
         if self._ipc_dir is not None:
             self._ipc_dir.cleanup()
         self._summary = self.summary()
-        log.info("%s", self._summary.format())
+        if self.log_summary:
+            log.info("%s", self._summary.format())
 
     def _terminate_context(self) -> None:
         """Terminate the ZeroMQ context; all stage sockets are closed by now. A socket someone else
