@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import zmq
+from pipeline_helpers import read_video
 
 from glpn import GLPNForDepthEstimation
 from glpn.processing import input_size_for, prepare_frames, resize_depth
@@ -54,18 +55,6 @@ def write_clip(path: str, frames: int, height: int = H, width: int = W, fps: flo
         writer.write(cv2.cvtColor(synthetic_image(height, width, seed=i), cv2.COLOR_RGB2BGR))
     writer.release()
     return path
-
-
-def read_video(path: str) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
 
 
 def assert_one_error_line(proc: subprocess.CompletedProcess, code: int, *needles: str) -> str:

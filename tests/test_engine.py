@@ -19,14 +19,7 @@ PLAIN_CPU = CpuFeatures("test CPU without bf16", frozenset({"avx2"}))
 AMX_CPU = CpuFeatures("test CPU with AMX", frozenset({"avx2", "amx_bf16", "avx512_bf16"}))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and lose 20-50x when another process holds a core
-    (OpenMP barriers wait for the descheduled thread): keep these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +80,17 @@ def test_fixed_batch_backends_get_padded_batches(model):
         seen.append(x.shape[0])
         return eager._runner.run(x)
 
-    engine = Engine(Runner(run=run, fixed_batch=True), Candidate("eager", "fp32"),
-                    device=torch.device("cpu"), input_size=SIZE, batch_sizes=(2, 4),
-                    max_depth=10.0, reason="test", build_seconds=0.0, rejected=[])
+    engine = Engine(
+        Runner(run=run, fixed_batch=True),
+        Candidate("eager", "fp32"),
+        device=torch.device("cpu"),
+        input_size=SIZE,
+        batch_sizes=(2, 4),
+        max_depth=10.0,
+        reason="test",
+        build_seconds=0.0,
+        rejected=[],
+    )
     x = _frames(7, seed=2)
     depth = engine(x)  # 7 -> chunks of 4 and 3 -> 3 padded to 4
     assert seen == [4, 4] and depth.shape == (7, *SIZE)
@@ -139,8 +140,9 @@ def test_auto_skips_a_candidate_that_fails_the_gate(model, cpu_is, caplog):
     assert any("bf16" in r and "accuracy gate" in r for r in engine.rejected)
     assert any("fails the accuracy gate" in r.getMessage() for r in caplog.records)
     with pytest.raises(EngineError, match="fails the accuracy gate"):
-        from_model(model, backend="eager", precision="bf16", input_size=SIZE, gate=strict,
-                   verify=True)
+        from_model(
+            model, backend="eager", precision="bf16", input_size=SIZE, gate=strict, verify=True
+        )
 
 
 @pytest.mark.parametrize(
@@ -190,7 +192,8 @@ def test_bad_inputs_raise_engine_errors(model):
 def test_any_size_engine(model):
     engine = from_model(model, backend="eager", precision="fp32", input_size=None)
     x = _frames(1)[:, :, :32, :64]
-    np.testing.assert_allclose(engine(x), _reference(model, np.ascontiguousarray(x)), rtol=1e-4,
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        engine(x), _reference(model, np.ascontiguousarray(x)), rtol=1e-4, atol=1e-4
+    )
     with pytest.raises(EngineError, match="multiples of 32"):
         engine(np.zeros((1, 3, 40, 64), np.float32))

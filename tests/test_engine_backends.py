@@ -24,14 +24,7 @@ SIZE = (64, 96)
 FP32_MEAN_REL, FP32_MAX_REL = 1e-4, 1e-3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and lose 20-50x when another process holds a core
-    (OpenMP barriers wait for the descheduled thread): keep these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +86,9 @@ def test_onnxruntime_fp32(model, frames, reference, tmp_path):
 )
 def test_compile_matches_eager(model, frames, reference):
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = from_model(model, backend="compile", precision="fp32", device=device, input_size=SIZE,
-                        batch_sizes=(2,))
+    engine = from_model(
+        model, backend="compile", precision="fp32", device=device, input_size=SIZE, batch_sizes=(2,)
+    )
     err = depth_error(engine(frames), reference)
     tol = FP32_MEAN_REL if device == "cpu" else 1e-3  # TF32 convolutions on CUDA
     assert err.mean_rel < tol, err
@@ -113,8 +107,14 @@ def test_tensorrt_fp16_within_gate_and_cached(model, frames, tmp_path):
     with torch.inference_mode():
         reference = model.to(cuda)(frames.to(cuda)).cpu().numpy()
         model.to("cpu")
-    options = dict(backend="tensorrt", precision="fp16", device="cuda", input_size=SIZE,
-                   batch_sizes=(1, 2), cache_dir=tmp_path)
+    options = dict(
+        backend="tensorrt",
+        precision="fp16",
+        device="cuda",
+        input_size=SIZE,
+        batch_sizes=(1, 2),
+        cache_dir=tmp_path,
+    )
     first = from_model(model, **options)
     assert "built" in first.describe()
     err = depth_error(first(frames), reference)

@@ -127,8 +127,9 @@ def test_weights_digest_follows_the_weights(tiny_checkpoint):
 def test_onnxruntime_engine_uses_the_cache(tiny_checkpoint, tmp_path, caplog):
     pytest.importorskip("onnxruntime")
     model = GLPNDepth.from_pretrained(tiny_checkpoint)
-    options = dict(backend="onnxruntime", input_size=(64, 96), batch_sizes=(1, 2),
-                   cache_dir=tmp_path)
+    options = dict(
+        backend="onnxruntime", input_size=(64, 96), batch_sizes=(1, 2), cache_dir=tmp_path
+    )
     x = np.random.default_rng(0).random((2, 3, 64, 96), dtype=np.float32)
     first = from_model(model, **options)
     assert first._runner.notes["cache"] == "built"

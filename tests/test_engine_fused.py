@@ -10,15 +10,7 @@ from glpn import GLPNDepth
 from glpn.fused import InferenceGLPN, PolyphaseUpsampleConv, TapSumConv, fold_batchnorms_
 from glpn.synthetic import spread_init_
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from 2 threads, and lose 20-50x when another process holds a core
-    (OpenMP barriers wait for the descheduled thread): keep these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(**overrides) -> GLPNDepth:
