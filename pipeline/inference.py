@@ -86,21 +86,13 @@ class InferenceStage(Stage):
                 self._grant()
             eos: list[str] = []
             if self.inp in events:
-                while not eos:  # stop draining at an EOS: its stream's frames go first
-                    try:
-                        msg = self.receive(self.inp)
-                    except zmq.Again:
-                        break
-                    if msg is None:
-                        continue
-                    if msg.stream not in self.streams:
-                        self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
-                    elif msg.kind == "eos":
+                for msg in self.incoming(self.inp, self.streams):
+                    if msg.kind == "eos":
                         eos.append(msg.stream)
-                    else:
-                        if not pending:
-                            deadline = time.monotonic() + self.max_wait_ms / 1000
-                        pending.append(msg)
+                        break  # stop draining at an EOS: its stream's frames go first
+                    if not pending:
+                        deadline = time.monotonic() + self.max_wait_ms / 1000
+                    pending.append(msg)
             # Full batches run at once; a partial one at its deadline or when its stream ends.
             while pending and (
                 len(pending) >= self.max_batch or eos or time.monotonic() >= deadline

@@ -95,16 +95,8 @@ class SinkStage(Stage):
         streams = set(self.streams)
         while ended != streams:
             self.poll([(self.inp, zmq.POLLIN)])
-            while True:
-                try:
-                    msg = self.receive(self.inp)
-                except zmq.Again:
-                    break
-                if msg is None:
-                    continue
-                if msg.stream not in streams:
-                    self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
-                elif msg.kind == "eos":
+            for msg in self.incoming(self.inp, streams):
+                if msg.kind == "eos":
                     for sink in self.sinks:
                         sink.end_stream(msg.stream)
                     if self.results is not None:

@@ -44,16 +44,8 @@ class PostprocessStage(Stage):
         ended: set[str] = set()
         while ended != self.streams:
             self.poll([(self.inp, zmq.POLLIN)])
-            while True:
-                try:
-                    msg = self.receive(self.inp)
-                except zmq.Again:
-                    break
-                if msg is None:
-                    continue
-                if msg.stream not in self.streams:
-                    self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
-                elif msg.kind == "eos":
+            for msg in self.incoming(self.inp, self.streams):
+                if msg.kind == "eos":
                     self.send(self.out, messages.encode(msg.header), block=True)
                     self.metrics.sent += 1
                     ended.add(msg.stream)

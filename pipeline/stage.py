@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -190,6 +190,21 @@ class Stage:
         except MessageError as e:
             self.malformed(e)
             return None
+
+    def incoming(self, sock: zmq.Socket, streams: Collection[str]) -> Iterator[messages.Message]:
+        """The messages waiting on `sock` now, without blocking. Malformed ones and frames of
+        unknown streams are logged, counted and skipped."""
+        while True:
+            try:
+                msg = self.receive(sock)
+            except zmq.Again:
+                return
+            if msg is None:
+                continue
+            if msg.stream not in streams:
+                self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
+                continue
+            yield msg
 
     def malformed(self, error: Exception) -> None:
         self.metrics.malformed += 1
