@@ -104,33 +104,35 @@ class PreprocessStage(Stage):
             self.credit += n
 
     def _drain(self, sock: zmq.Socket, limit: int | None) -> None:
-        while limit is None or len(self.fifo) < limit:
-            try:
-                msg = self.receive(sock)
-            except zmq.Again:
+        def full() -> bool:
+            return limit is not None and len(self.fifo) >= limit
+
+        if full():
+            return
+        for msg in self.incoming(sock, self.input_sizes):
+            self._take(msg)
+            if full():  # before incoming() reads another message
                 return
-            if msg is None:
-                continue
-            if msg.stream not in self.input_sizes:
-                self.malformed(MessageError(f"unknown stream {msg.stream!r}"))
-                continue
-            if msg.kind == "eos":
-                if msg.stream in self.slots:
-                    self.live_eos.add(msg.stream)
-                else:
-                    self.fifo.append(msg)  # after every earlier frame of the stream
-                continue
-            try:
-                self._check(msg)
-            except MessageError as e:
-                self.malformed(e)
-                continue
-            if msg.header["mode"] == "live":
-                if msg.stream in self.slots:
-                    self.metrics.drop("superseded")  # a newer frame of this stream arrived
-                self.slots[msg.stream] = msg  # converted when sent
+
+    def _take(self, msg: messages.Message) -> None:
+        """File one received message: EOS and lossless frames in the FIFO, live ones in slots."""
+        if msg.kind == "eos":
+            if msg.stream in self.slots:
+                self.live_eos.add(msg.stream)
             else:
-                self.fifo.append(self._prepare(msg))
+                self.fifo.append(msg)  # after every earlier frame of the stream
+            return
+        try:
+            self._check(msg)
+        except MessageError as e:
+            self.malformed(e)
+            return
+        if msg.header["mode"] == "live":
+            if msg.stream in self.slots:
+                self.metrics.drop("superseded")  # a newer frame of this stream arrived
+            self.slots[msg.stream] = msg  # converted when sent
+        else:
+            self.fifo.append(self._prepare(msg))
 
     @staticmethod
     def _check(msg: messages.Message) -> None:
