@@ -17,6 +17,9 @@ Frames: glpn.synthetic.synthetic_image (structured: gradients, edges, texture); 
 from KITTI-sized 375x1242 frames, so pre/post-processing resizes.
 Gate: each row's depth against GLPNDepth fp32 eager on the same frames (glpn.metrics.GATE).
 Speedup: frames/s over (a)'s frames/s; "model" rows over (a)'s model-only time.
+Bound (CPU): the fused model's FLOPs per frame (torch.utils.flop_counter) over this machine's
+best fp32 matrix-multiply rate (a large torch.mm, the best any fp32 backend can do): the time no
+fp32 path can beat, and so the largest speedup over (a) that fp32 can reach here.
 Writes benchmarks/results/bench_<date>_<host>.json (or --out).
 """
 
@@ -137,6 +140,29 @@ def default_backends(device: torch.device) -> list[str]:
     return out
 
 
+def fp32_peak_gflops(n: int = 3072, repeats: int = 5) -> float:
+    """Best fp32 GEMM rate here (GFLOP/s): a large square torch.mm, the best of a few runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def model_gflop(model: GLPNDepth, size: tuple[int, int]) -> float:
+    """FLOPs of one frame through the fused model (what every backend runs), in GFLOP."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from glpn.fused import InferenceGLPN
+
+    fused = InferenceGLPN(model).eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        fused(torch.rand(1, 3, *size))
+    return counter.get_total_flops() / 1e9
+
+
 def machine_info(device: torch.device) -> dict:
     info = {
         "host": socket.gethostname(),
@@ -248,6 +274,26 @@ def main(argv: list[str] | None = None) -> int:
         del hf_model, model_only, e2e
         gc.collect()
 
+    # The fp32 bound (CPU): FLOPs per frame at the best GEMM rate this machine reaches.
+    bounds: dict[tuple[str, tuple[int, int]], dict] = {}
+    if device.type == "cpu":
+        peak = fp32_peak_gflops()
+        info["fp32_gemm_peak_gflops"] = peak
+        print(f"# fp32 GEMM peak: {peak:.0f} GFLOP/s (torch.mm 3072x3072, best of 5)")
+        for config, ((h, w), _) in cases:
+            gflop = model_gflop(GLPNDepth.from_pretrained(ckpts[config]), (h, w))
+            bound_ms = gflop / peak * 1000
+            b0 = base[(config, (h, w))]
+            bounds[(config, (h, w))] = {
+                "gflop_per_frame": gflop,
+                "fp32_bound_ms": bound_ms,
+                "max_fp32_speedup_e2e": 1000 / bound_ms / b0["e2e_fps"],
+                "max_fp32_speedup_model": 1000 / bound_ms / b0["model_fps"],
+            }
+            print(f"# {config} {h}x{w}: {gflop:.1f} GFLOP/frame -> fp32 bound {bound_ms:.0f} ms, "
+                  f"at most {bounds[(config, (h, w))]['max_fp32_speedup_e2e']:.2f}x the baseline "
+                  "(e2e) in fp32", flush=True)
+
     # Phase 2: our engines.
     for config, ((h, w), (fh, fw)) in cases:
         label = f"{h}x{w}"
@@ -324,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
         if ok:
             best = max(ok, key=lambda r: r.fps)
             verdict = "meets" if best.speedup >= 3 else "misses"
+            bound = bounds.get((config, (h, w)))
+            limit = (f"; fp32 can reach at most {bound['max_fp32_speedup_e2e']:.2f}x here"
+                     if bound else "")
             print(f"{config} {label}: best within the gate: {best.name} batch {best.batch}, "
-                  f"{best.speedup:.2f}x the baseline ({verdict} the 3x target)")
+                  f"{best.speedup:.2f}x the baseline ({verdict} the 3x target{limit})")
     out = args.out or os.path.join(
         ROOT, "benchmarks", "results",
         f"bench_{time.strftime('%Y%m%d-%H%M%S')}_{socket.gethostname()}.json",
@@ -337,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             "args": vars(args),
             "gate": GATE.describe(),
             "baseline_sanity": {f"{c} {h}x{w}": v.get("sanity") for (c, (h, w)), v in base.items()},
+            "fp32_bound": {f"{c} {h}x{w}": v for (c, (h, w)), v in bounds.items()},
             "rows": [r.__dict__ for r in rows],
         }, f, indent=2, default=str)
     print(f"wrote {out}")

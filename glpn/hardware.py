@@ -97,7 +97,14 @@ def tune_cpu_allocator() -> bool:
     Per frame, inference allocates and frees tens of large activation buffers. By default glibc
     returns each one to the OS and the next frame page-faults it back in: measured 20-30% of CPU
     inference time for the small model at 480x640. Process-wide; call it at program start, before
-    other threads exist (a thread that already has its own malloc arena keeps it). Returns whether
+    any thread has allocated: before the first torch op (OpenMP workers), cv2 call or zmq.Context.
+    A thread that allocated earlier got its own malloc arena, and glibc keeps handing such arenas
+    to new threads (reused round robin, and those of exited threads first). In a secondary arena
+    a block over 64 MB is always a fresh mmap, so the inference thread page-faults its largest
+    activations in again on every call (measured: 40k faults and +35% time per 480x640 frame of
+    the small model). Where the program cannot call this first, start Python with
+    GLIBC_TUNABLES=glibc.malloc.arena_max=1, which holds from the process's start.
+    pipeline.InferenceStage warns when a running engine page-faults like that. Returns whether
     the settings were applied (False where the C library is not glibc). Peak memory stays reserved.
     """
     global _allocator_tuned
@@ -121,3 +128,13 @@ def tune_cpu_allocator() -> bool:
     if ok and threading.current_thread() is not threading.main_thread():
         log.debug("allocator tuned from a worker thread: threads that already allocate keep theirs")
     return ok
+
+
+def thread_page_faults() -> int | None:
+    """Minor page faults of the calling thread so far (Linux), None where unknown."""
+    try:
+        import resource  # POSIX only
+
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    except (ImportError, AttributeError, OSError):  # RUSAGE_THREAD is Linux only
+        return None

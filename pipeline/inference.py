@@ -10,6 +10,8 @@ in flight, and a live frame is picked as late (as fresh) as possible.
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,9 +19,18 @@ from typing import Any
 import numpy as np
 import zmq
 
+from glpn.hardware import thread_page_faults
+
 from . import messages
 from .errors import MessageError
 from .stage import Stage
+
+log = logging.getLogger(__name__)
+
+# Page faults per batch above which the engine is re-faulting memory it freed: on
+# glibc, the inference thread is in a secondary malloc arena (see glpn.hardware.tune_cpu_allocator).
+FAULT_WARN_PAGES = 8192  # 32 MiB of 4 KiB pages
+FAULT_WARMUP_BATCHES = 3  # the first batches fault in weights, workspaces and the heap itself
 
 EngineFactory = Callable[[], Any]  # returns a callable (B, 3, h, w) float32 -> (B, h, w) metres
 
@@ -54,6 +65,7 @@ class InferenceStage(Stage):
         self.engine: Any = None
         self.description = ""  # engine.describe(), once built
         self.batches = 0
+        self.fault_warned = False  # the page-fault warning is given once
 
     def setup(self) -> None:
         self.engine = self.engine_factory()
@@ -116,6 +128,21 @@ class InferenceStage(Stage):
             except zmq.Again:  # preprocess not connected yet: the poll retries
                 pass
 
+    def _check_faults(self, faults: int) -> None:
+        """Count the engine's page faults in this thread; warn once if it keeps re-faulting."""
+        if self.batches < FAULT_WARMUP_BATCHES:
+            return
+        self.metrics.events["page_faults"] += faults
+        if faults > FAULT_WARN_PAGES and not self.fault_warned:
+            self.fault_warned = True
+            log.warning(
+                "inference: the engine page-faulted %d MiB back in during one batch; the C "
+                "allocator returns its freed activations to the OS, costing CPU time on every "
+                "call. Call glpn.hardware.tune_cpu_allocator() before any thread allocates (before "
+                "the first torch op), or start Python with GLIBC_TUNABLES=glibc.malloc.arena_max=1",
+                faults * os.sysconf("SC_PAGE_SIZE") >> 20,
+            )
+
     def _run_next(self, frames: list[messages.Message]) -> int:
         """Run the first batch (consecutive same-size frames, <= max_batch); returns its size."""
         shape = frames[0].arrays.get("pixels", np.empty(0)).shape
@@ -140,11 +167,14 @@ class InferenceStage(Stage):
         # (B, 3, h, w); a single frame goes as a view of its message (engines only read it).
         # Engines built for fixed batch sizes pad partial batches themselves (glpn.engine does).
         batch = np.stack(pixels) if n > 1 else messages.writable(pixels[0][None])
+        faults0 = thread_page_faults()
         t0 = time.monotonic()
         depth = self.engine(batch)
         if not isinstance(depth, np.ndarray):  # a torch tensor from a custom engine
             depth = depth.detach().float().cpu().numpy()
         t1 = time.monotonic()
+        if faults0 is not None:
+            self._check_faults(thread_page_faults() - faults0)
         ms = (t1 - t0) * 1000
         expected = (n, *batch.shape[2:])
         if depth.ndim == 4 and depth.shape[1] == 1:

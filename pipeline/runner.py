@@ -30,6 +30,8 @@ from typing import Any
 
 import zmq
 
+from glpn.hardware import tune_cpu_allocator
+
 from . import messages
 from .capture import CaptureStage
 from .config import Config, load_config
@@ -143,6 +145,9 @@ class Pipeline:
                 check_source(source)  # a missing file is one clear error before any thread starts
         cfg = self.config
         t = cfg.transport
+        # Before the stage threads and the context's I/O threads allocate: otherwise the inference
+        # thread may get a secondary malloc arena and page-fault its activations on every call.
+        tune_cpu_allocator()
         self._context = zmq.Context()
         self._t_start = time.monotonic()
         common = dict(
