@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -12,12 +13,19 @@ from pipeline_helpers import (
     depthstream_threads,
     eager_factory,
     frame_at,
+    free_port,
     load_engine,
+    read_video,
     reference_depth,
+    write_video,
 )
 
 from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
 from pipeline.sinks import topic
+
+
+def eos_message(stream):
+    return messages.encode(messages.eos_header(stream), topic=topic(stream))
 
 
 def depth_message(stream, index, shape=(5, 7)):
@@ -219,4 +227,172 @@ def test_pipeline_publishes_depth_to_subscribers(tiny_checkpoint):
     sender.close()
     summary = pipe.join()
     assert summary.outcome == "finished"
+    assert depthstream_threads() == []
+
+
+def test_end_of_stream_is_recorded_and_ends_iteration_with_until_end(publisher):
+    pub, endpoint = publisher
+    with DepthSubscriber(endpoint, until_end=True, timeout=5.0) as sub:
+        wait_subscribed(pub, sub, "a")
+        bad_eos = [
+            messages.encode(messages.eos_header("a"), {"depth": np.zeros(2, np.float32)},
+                            topic=topic("a")),  # an end with arrays
+            [topic("a"), json.dumps({"v": 1, "kind": "eos"}).encode()],  # no stream
+        ]  # fmt: skip
+        for parts in bad_eos:
+            pub.send_multipart(parts)
+        for i in range(3):
+            pub.send_multipart(depth_message("a", i))
+        pub.send_multipart(depth_message("b", 0))
+        pub.send_multipart(eos_message("b"))
+        pub.send_multipart(depth_message("a", 3))
+        pub.send_multipart(eos_message("a"))
+        t0 = time.monotonic()
+        got = [(h["stream"], h["index"]) for h, _ in sub if h["index"] < WARMUP]
+        elapsed = time.monotonic() - t0
+        # every frame, in order, then the loop ended at the ends, not after the 5 s timeout
+        assert got == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("a", 3)]
+        assert sub.ended == {"a", "b"} and sub.finished
+        assert elapsed < 4.0
+        assert sub.malformed == 2
+        t0 = time.monotonic()
+        assert sub.recv(timeout=5.0) is None  # finished: returns at once
+        assert time.monotonic() - t0 < 4.0
+        pub.send_multipart(depth_message("a", 99))  # the stream starts again
+        sub.until_end = False
+        header, _ = sub.recv(timeout=5.0)
+        assert header["index"] == 99 and sub.ended == {"b"} and not sub.finished
+
+
+def test_end_of_stream_of_watched_streams_only(publisher):
+    """streams= names what until_end waits for; without until_end an end is only recorded."""
+    pub, endpoint = publisher
+    with (
+        DepthSubscriber(endpoint, streams=["a", "b"], until_end=True) as both,
+        DepthSubscriber(endpoint, streams=["a"]) as plain,
+    ):
+        for sub in (both, plain):
+            wait_subscribed(pub, sub, "a")
+        wait_subscribed(pub, both, "b")
+        pub.send_multipart(eos_message("a"))
+        pub.send_multipart(depth_message("b", 0))
+        pub.send_multipart(eos_message("b"))
+        got = [(h["stream"], h["index"]) for h, _ in both if h["index"] < WARMUP]
+        assert got == [("b", 0)]  # ended at b's end: a had ended already
+        assert both.ended == {"a", "b"} and both.finished
+        pub.send_multipart(depth_message("a", 7))  # "a" again, after its end
+        header, _ = recv_frames(plain, 1)[0]  # the end is skipped; the next frame comes
+        assert header["index"] == 7 and plain.ended == set() and not plain.finished
+        assert plain.received >= 1 and plain.malformed == 0
+
+
+def test_newest_only_never_drops_the_end_of_stream(publisher):
+    """A busy consumer: 20 frames and the stream's end arrive before it reads. It gets the newest
+    frame, then the end (kept, not replaced by frames), and the loop ends by itself."""
+    pub, endpoint = publisher
+    with DepthSubscriber(endpoint, newest_only=True, until_end=True, timeout=5.0) as sub:
+        assert sub.wait_connected(timeout=10)
+        wait_subscribed(pub, sub, "sync")
+        pub.send_multipart(depth_message("sync", 0))  # received last: no warm-up left behind
+        while (item := sub.recv(timeout=5.0)) is not None and item[0]["index"] != 0:
+            pass
+        assert item is not None
+        base = sub.received
+        pub.send_multipart(eos_message("sync"))
+        for i in range(20):
+            pub.send_multipart(depth_message("s", i, shape=(120, 160)))
+        pub.send_multipart(eos_message("s"))
+        pub.send_multipart(depth_message("marker", 0))  # arrives after the end of "s"
+        deadline = time.monotonic() + 10
+        while sub.received < base + 21:  # the consumer is busy while everything arrives
+            assert time.monotonic() < deadline, "frames did not arrive"
+            time.sleep(0.01)
+        pub.send_multipart(eos_message("marker"))
+        got = [(h["stream"], h["index"], float(d[0, 0])) for h, d in sub]
+        assert got == [("s", 19, 19.0), ("marker", 0, 0.0)]
+        assert sub.ended == {"sync", "s", "marker"} and sub.finished
+        assert sub.skipped >= 19
+
+
+def test_newest_only_keeps_the_last_end_and_the_frames_around_it(publisher):
+    """A stream that ends and starts again while the consumer is busy: what waits is bounded,
+    the newest frame before the last end, the end, and the newest frame after it."""
+    pub, endpoint = publisher
+    with DepthSubscriber(endpoint, newest_only=True) as sub:
+        wait_subscribed(pub, sub, "sync")
+        pub.send_multipart(depth_message("sync", 0))  # received last: no warm-up left behind
+        while (item := sub.recv(timeout=5.0)) is not None and item[0]["index"] != 0:
+            pass
+        assert item is not None
+        base, skipped = sub.received, sub.skipped
+        for i in range(4):
+            pub.send_multipart(depth_message("s", i))
+            if i < 3:
+                pub.send_multipart(eos_message("s"))
+        deadline = time.monotonic() + 10
+        while sub.received < base + 4:  # the consumer is busy while everything arrives
+            assert time.monotonic() < deadline, "frames did not arrive"
+            time.sleep(0.01)
+        header, _ = sub.recv(timeout=5.0)
+        assert header["index"] == 2 and sub.ended == set()
+        header, _ = sub.recv(timeout=5.0)  # after the end, which was recorded, the new start
+        assert header["index"] == 3 and sub.ended == set()
+        assert sub.skipped - skipped == 2  # frames 0 and 1, superseded with their ends
+        assert sub.recv(timeout=0.05) is None
+
+
+def test_subscriber_receives_every_frame_of_a_video_then_its_end(
+    tiny_checkpoint, tmp_path, one_torch_thread
+):
+    """A pipeline over a video file publishing on tcp: a subscriber connected before the first
+    frame gets every frame, in order, with the model's depth, and its loop ends at the end of the
+    stream; a newest_only subscriber that reads only after the run gets the last frame and ends
+    too."""
+    clip = write_video(str(tmp_path / "clip.avi"), 8, 80, 64, "MJPG")
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    cfg = {
+        "sources": [{"uri": clip, "id": "clip"}],
+        "model": {"checkpoint": tiny_checkpoint, "input_size": [64, 64]},
+        "outputs": {"zmq": {"endpoint": endpoint, "hwm": 100}},
+        "metrics": {"interval_s": 0},
+    }
+    subscribers_ready = threading.Event()
+
+    def engine_factory():  # holds the first frame back until the subscribers are connected
+        engine = load_engine(tiny_checkpoint)
+        assert subscribers_ready.wait(60), "the subscribers never connected"
+        return engine
+
+    pipe = Pipeline(cfg, engine_factory=engine_factory)
+    starter = threading.Thread(target=pipe.start)
+    starter.start()  # the PUB socket is bound first; start() returns once the engine is loaded
+    try:
+        with (
+            DepthSubscriber(endpoint, until_end=True, timeout=30) as sub,
+            DepthSubscriber(endpoint, newest_only=True, until_end=True, timeout=30) as newest,
+        ):
+            assert sub.wait_connected(timeout=30) and newest.wait_connected(timeout=30)
+            subscribers_ready.set()
+            t0 = time.monotonic()
+            got = list(sub)
+            elapsed = time.monotonic() - t0
+            starter.join(60)
+            summary = pipe.join(timeout=60)
+            last = [h["index"] for h, _ in newest]
+            assert sub.ended == {"clip"} and sub.finished and elapsed < 25  # no timeout
+            assert newest.ended == {"clip"} and newest.finished
+    finally:
+        subscribers_ready.set()
+        starter.join(60)
+        if pipe.summary().outcome == "running":
+            pipe.stop()
+            pipe.join(60)
+    assert summary.outcome == "finished" and summary.frames == {"clip": 8}
+    assert [h["index"] for h, _ in got] == list(range(8))
+    assert all(h["stream"] == "clip" and h["units"] == "m" for h, _ in got)
+    engine = load_engine(tiny_checkpoint)
+    for (_, depth), ref in zip(got, reference_depth(engine, read_video(clip), (64, 64))):
+        np.testing.assert_allclose(depth, ref, rtol=1e-4, atol=1e-4)
+    assert sub.malformed == 0 and sub.received == 8
+    assert last[-1] == 7 and last == sorted(last) and newest.received == 8
     assert depthstream_threads() == []
