@@ -8,11 +8,13 @@ import time
 
 import pytest
 from pipeline_helpers import (
-    SlowEngine,
     StreamServer,
     depthstream_threads,
     free_port,
+    latency_bound_ms,
     load_engine,
+    slow_factory,
+    total_drops,
     write_video,
 )
 
@@ -24,22 +26,6 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs 
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_video(str(tmp_path_factory.mktemp("live") / "clip.avi"), 60, 160, 120, "MJPG")
-
-
-def slow_factory(checkpoint, delay_s):
-    return lambda: SlowEngine(load_engine(checkpoint), delay_s)
-
-
-def total_drops(summary):
-    return sum(s["dropped"] for s in summary.stages.values())
-
-
-def latency_bound_ms(summary, frame_period_ms):
-    """What newest-wins allows: a frame waits at most for the model call in progress, then its own
-    (plus a frame period and slack). Relative to the model time measured in this run, so a busy
-    machine does not fail the test; a growing backlog would exceed it many times over."""
-    model = summary.stages["inference"]["latency_ms"]["max"]
-    return 2 * model + 2 * frame_period_ms + 250
 
 
 def test_live_source_faster_than_model_drops_oldest_and_keeps_latency_bounded(
