@@ -43,6 +43,7 @@ from glpn import GLPNConfig, GLPNForDepthEstimation  # noqa: E402
 from glpn.hardware import thread_page_faults, tune_cpu_allocator  # noqa: E402
 from glpn.synthetic import spread_init_, synthetic_image  # noqa: E402
 from pipeline import Pipeline, messages  # noqa: E402
+from pipeline.inference import FAULT_WARMUP_BATCHES  # noqa: E402
 
 TINY = dict(
     depths=(1, 1, 2, 1),
@@ -133,6 +134,7 @@ def bench_pipeline_throughput(args, factory, checkpoint, clip: str) -> dict:
         stamps.append(time.perf_counter())
     summary = pipe.summary()
     inference = summary.stages["inference"]["latency_ms"]
+    events = summary.stages["inference"].get("events", {})
     n = len(stamps)
     # steady state: skip the first results (warm-up of the engine and the first batches)
     skip = min(max(2 * args.max_batch, 2), n // 3)
@@ -146,8 +148,8 @@ def bench_pipeline_throughput(args, factory, checkpoint, clip: str) -> dict:
         "inference_in_pipeline_ms": inference,
         "fps_including_startup": n / (stamps[-1] - t_start),
         # inference thread, after its first batches; ~0 when the allocator keeps freed memory
-        "page_faults_per_batch": summary.stages["inference"].get("events", {}).get("page_faults", 0)
-        / max(1, summary.stages["inference"].get("events", {}).get("batches", 1) - 3),
+        "page_faults_per_batch": events.get("page_faults", 0)
+        / max(1, events.get("batches", 0) - FAULT_WARMUP_BATCHES),
         "e2e_ms": summary.e2e_ms,
         "stages": {
             k: {"p50": v["latency_ms"]["p50"], "p95": v["latency_ms"]["p95"]}

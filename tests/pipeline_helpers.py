@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
 import shutil
@@ -17,10 +18,12 @@ from fractions import Fraction
 
 import cv2
 import numpy as np
+import pytest
 
 import glpn.engine
 from glpn.processing import input_size_for, prepare_frames, resize_depth
 from glpn.synthetic import synthetic_image
+from pipeline import Pipeline, StageError
 
 
 def frame_at(i: int, height: int, width: int) -> np.ndarray:
@@ -333,3 +336,29 @@ def latency_bound_ms(summary, frame_period_ms: float) -> float:
     machine does not fail the test; a growing backlog would exceed it many times over."""
     model = summary.stages["inference"]["latency_ms"]["max"]
     return 2 * model + 2 * frame_period_ms + 250
+
+
+def assert_gives_up(url: str, checkpoint: str, caplog, open_timeout_s: float) -> float:
+    """A live source at `url` that never delivers: the pipeline fails after its 2 reconnect
+    attempts (one warning each) with no threads left; returns how long that took (s)."""
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    cfg = {
+        "sources": [
+            {
+                "uri": url,
+                "id": "gone",
+                "open_timeout_s": open_timeout_s,
+                "reconnect": {"max_attempts": 2, "initial_delay_s": 0.05},
+            }
+        ],
+        "model": {"checkpoint": checkpoint},
+        "metrics": {"interval_s": 0},
+    }
+    pipe = Pipeline(cfg, engine_factory=lambda: load_engine(checkpoint))
+    t0 = time.monotonic()
+    with pytest.raises(StageError, match=f"gave up on {url} after 2 reconnect attempts"):
+        pipe.run()
+    elapsed = time.monotonic() - t0
+    assert len([m for m in caplog.messages if "reconnecting in" in m]) == 2
+    assert depthstream_threads() == []
+    return elapsed

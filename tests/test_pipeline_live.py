@@ -9,16 +9,16 @@ import time
 import pytest
 from pipeline_helpers import (
     StreamServer,
+    assert_gives_up,
     depthstream_threads,
     free_port,
     latency_bound_ms,
-    load_engine,
     slow_factory,
     total_drops,
     write_video,
 )
 
-from pipeline import Pipeline, StageError
+from pipeline import Pipeline
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 
@@ -105,25 +105,8 @@ def test_network_stream_bounded_latency_and_reconnect_after_server_restart(
 
 
 def test_unreachable_stream_gives_up_after_the_configured_attempts(tiny_checkpoint, caplog):
-    caplog.set_level(logging.WARNING, logger="pipeline")
     url = f"http://127.0.0.1:{free_port()}/s.ts"  # nothing listens there
-    cfg = {
-        "sources": [
-            {
-                "uri": url,
-                "id": "gone",
-                "open_timeout_s": 1.0,
-                "reconnect": {"max_attempts": 2, "initial_delay_s": 0.05},
-            }
-        ],
-        "model": {"checkpoint": tiny_checkpoint},
-        "metrics": {"interval_s": 0},
-    }
-    pipe = Pipeline(cfg, engine_factory=lambda: load_engine(tiny_checkpoint))
-    with pytest.raises(StageError, match=f"gave up on {url} after 2 reconnect attempts"):
-        pipe.run()
-    assert len([m for m in caplog.messages if "reconnecting in" in m]) == 2
-    assert depthstream_threads() == []
+    assert_gives_up(url, tiny_checkpoint, caplog, open_timeout_s=1.0)
 
 
 def test_live_and_lossless_sources_together(clip, tiny_checkpoint):

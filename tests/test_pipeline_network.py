@@ -16,10 +16,10 @@ import pytest
 from pipeline_helpers import (
     RTSP_PACKAGES,
     StreamServer,
+    assert_gives_up,
     depthstream_threads,
     free_port,
     latency_bound_ms,
-    load_engine,
     rtsp_server_python,
     slow_factory,
     total_drops,
@@ -27,7 +27,7 @@ from pipeline_helpers import (
     write_video,
 )
 
-from pipeline import Pipeline, StageError
+from pipeline import Pipeline
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
 needs_rtsp = pytest.mark.skipif(
@@ -124,26 +124,7 @@ def test_stream_reaches_depth_with_bounded_latency_and_reconnects_after_server_r
 @needs_ffmpeg
 def test_silent_udp_port_gives_up_within_the_open_timeout(tiny_checkpoint, caplog):
     """UDP has no connection to refuse: with no sender, only the open timeout ends each attempt."""
-    caplog.set_level(logging.WARNING, logger="pipeline")
     url = f"udp://127.0.0.1:{free_port(udp=True)}"  # nothing sends there
-    cfg = {
-        "sources": [
-            {
-                "uri": url,
-                "id": "quiet",
-                "open_timeout_s": 0.5,
-                "reconnect": {"max_attempts": 2, "initial_delay_s": 0.05},
-            }
-        ],
-        "model": {"checkpoint": tiny_checkpoint},
-        "metrics": {"interval_s": 0},
-    }
-    pipe = Pipeline(cfg, engine_factory=lambda: load_engine(tiny_checkpoint))
-    t0 = time.monotonic()
-    with pytest.raises(StageError, match=f"gave up on {url} after 2 reconnect attempts"):
-        pipe.run()
-    elapsed = time.monotonic() - t0
+    elapsed = assert_gives_up(url, tiny_checkpoint, caplog, open_timeout_s=0.5)
     # 3 opens of 0.5 s + 0.15 s of backoff (+ start-up); an open without a timeout never returns
     assert 1.5 <= elapsed < 8, elapsed
-    assert len([m for m in caplog.messages if "reconnecting in" in m]) == 2
-    assert depthstream_threads() == []

@@ -9,6 +9,7 @@ packages xvfb, xdotool, x11-utils).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -240,6 +241,22 @@ def paced_config(tmp_path, clip: str, checkpoint: str, title: str = "depthstream
     return str(path)
 
 
+@contextlib.contextmanager
+def running(cmd: list[str], xserver: XServer, cwd, *, stdin: bool = False):
+    """A program on the test's X server (text pipes); killed and reaped if it is still running
+    when the block ends (a failed assertion), so no window or process outlives its test."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=xserver.env(), stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @needs_x
 def test_window_shows_the_colourised_depth_and_q_stops_the_run(
     xserver, still_clip, expected_view, tiny_checkpoint, tmp_path
@@ -248,21 +265,13 @@ def test_window_shows_the_colourised_depth_and_q_stops_the_run(
     cmd = [sys.executable, os.path.join(ROOT, "run_stream.py")]
     cmd += ["--config", paced_config(tmp_path, still_clip, tiny_checkpoint), "--display"]
     cmd += ["--summary-json", str(summary_json)]
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=xserver.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
+    with running(cmd, xserver, tmp_path) as proc:
         wait_for_window(xserver, "depthstream clip", proc)
         shot, region = wait_for_view(xserver, "depthstream clip", expected_view, proc)
         assert shot.std() > 10  # not a blank window
         assert np.abs(region.mean(axis=(0, 1)) - expected_view.mean(axis=(0, 1))).max() < 3
         press(xserver, "depthstream clip", "q")
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     summary = json.loads(summary_json.read_text())
     assert summary["outcome"] == "stopped" and summary["stopped_by"] == "window"
@@ -294,20 +303,13 @@ def test_two_pipelines_in_one_process_both_show_their_window(
 ):
     """Each pipeline's sink is a new thread; OpenCV's Qt windows belong to the thread that first
     used them, so the second pipeline's window must still appear (and answer q)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, tiny_checkpoint, still_clip], cwd=ROOT, env=xserver.env(),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    cmd = [sys.executable, "-c", SCRIPT, tiny_checkpoint, still_clip]
+    with running(cmd, xserver, ROOT) as proc:
         for title in ("first", "second"):
             wait_for_window(xserver, f"{title} clip", proc)
             wait_for_view(xserver, f"{title} clip", expected_view, proc)
             press(xserver, f"{title} clip", "q")
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     runs, threads = lines[:2], lines[2]["threads"]
@@ -363,16 +365,8 @@ def test_exit_with_a_window_still_open_is_clean(xserver):
     """A program that ends while its window is open: the HighGUI thread is inside OpenCV then, and
     Python ending it there aborts the process ("terminate called without an active exception")
     unless it was shut down first, at exit."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", EXIT_SCRIPT], cwd=ROOT, env=xserver.env(), stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
+    with running([sys.executable, "-c", EXIT_SCRIPT], xserver, ROOT, stdin=True) as proc:
         wait_for_window(xserver, "left open", proc)
         out, err = proc.communicate("\n", timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 0, err
     assert "terminate called" not in err
