@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import io
 import logging
 import os
 import re
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from typing import Any
@@ -57,7 +55,9 @@ class CliError(Exception):
     """A user-facing problem: printed as one line, exits with `code`."""
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(" ".join(str(message).split()))  # one line, whatever the cause says
+        from pipeline.errors import one_line
+
+        super().__init__(one_line(message))  # one short line, whatever the cause says
         self.code = code
 
 
@@ -212,20 +212,13 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
 
 
 def read_config_file(path: str) -> dict[str, Any]:
-    import yaml
+    """The config file's top-level mapping, read by the pipeline's own bounded reader."""
+    from pipeline import config as schema
 
-    if not os.path.isfile(path):
-        raise CliError(f"config file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise CliError(f"{path}: cannot parse config ({e})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise CliError(f"{path}: config: expected a mapping at the top level")
-    return data
+        return schema.read_config_file(path)
+    except schema.ConfigError as e:
+        raise CliError(str(e)) from None
 
 
 def apply_options(data: dict[str, Any], args: argparse.Namespace, where: str) -> dict[str, Any]:
@@ -338,59 +331,20 @@ def check_checkpoint(path: str) -> str:
     return directory
 
 
-def write_random_checkpoint(directory: str) -> str:
-    """The small default GLPN with spread random weights, saved as a checkpoint.
+def random_demo_model() -> Any:
+    """The small default GLPN with spread random weights, built in memory (nothing is written,
+    so nothing is left behind by a run that is killed).
 
     Seed 2 because its output visibly follows the demo scene's edges and boxes (several were looked
     at); it is still not depth.
     """
-    from glpn import GLPNConfig, GLPNForDepthEstimation
+    from glpn import GLPNConfig, GLPNDepth
     from glpn.synthetic import spread_init_
 
-    model = spread_init_(GLPNForDepthEstimation(GLPNConfig.preset("default")), seed=2)
-    model.save_pretrained(directory)
-    return directory
+    return spread_init_(GLPNDepth(GLPNConfig.preset("default")), seed=2)
 
 
 # ---- outputs ---------------------------------------------------------------------------------
-
-
-class FlatDepthFiles:
-    """--save-depth with one stream: DIR/<index:06d>.npy / .png, no per-stream subdirectory.
-
-    The issue's contract for a single source. pipeline's FileSink always writes DIR/<stream>/; until
-    it has an option for this layout, the CLI writes single-stream files itself, the same way
-    (under a temporary name, then renamed: a final name always holds a complete file).
-    """
-
-    def __init__(self, directory: str, *, npy: bool, png: bool) -> None:
-        self.directory = directory
-        self.npy = npy
-        self.png = png
-
-    def __call__(self, result: Any) -> None:
-        import cv2
-        import numpy as np
-
-        from pipeline.sinks import depth_to_png16
-
-        base = os.path.join(self.directory, f"{result.index:06d}")
-        if self.npy:
-            buf = io.BytesIO()
-            np.save(buf, np.asarray(result.depth, dtype=np.float32), allow_pickle=False)
-            _atomic_write(base + ".npy", buf.getvalue())
-        if self.png:
-            ok, png = cv2.imencode(".png", depth_to_png16(result.depth))
-            if not ok:
-                raise OSError(f"cannot encode {base}.png")
-            _atomic_write(base + ".png", png.tobytes())
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _make_dir(path: str) -> None:
@@ -400,22 +354,19 @@ def _make_dir(path: str) -> None:
         raise CliError(f"cannot create output directory {path}: {e.strerror or e}", EXIT_OUTPUT)
 
 
-def prepare_outputs(config: Any) -> tuple[Any, FlatDepthFiles | None]:
-    """Create output directories now (a clear error before anything runs); single-stream files."""
+def prepare_outputs(config: Any) -> Any:
+    """Create output directories now (a clear error before anything runs); a single stream's depth
+    files go straight into the directory (outputs.files.layout: flat)."""
     import dataclasses
 
-    flat = None
     files = config.outputs.files
     if files is not None:
         _make_dir(files.directory)
-        folders = [files.directory]
         if len(config.sources) == 1:
-            flat = FlatDepthFiles(files.directory, npy=files.npy, png=files.png)
-            outputs = dataclasses.replace(config.outputs, files=None)
+            files = dataclasses.replace(files, layout="flat")
+            outputs = dataclasses.replace(config.outputs, files=files)
             config = dataclasses.replace(config, outputs=outputs)
-        else:
-            folders = [os.path.join(files.directory, s) for s in config.stream_ids()]
-        for folder in folders:
+        for folder in {files.folder(s) for s in config.stream_ids()}:
             old = os.listdir(folder) if os.path.isdir(folder) else []
             if any(n.endswith((".npy", ".png")) for n in old):
                 log.warning(
@@ -428,29 +379,15 @@ def prepare_outputs(config: Any) -> tuple[Any, FlatDepthFiles | None]:
     pub = config.outputs.zmq
     if pub is not None and re.match(r"tcp://(\*|0\.0\.0\.0|\[::\]):", pub.endpoint):
         log.warning("publishing on every network interface (%s)", pub.endpoint)
-    return config, flat
+    return config
 
 
-def output_lines(config: Any, endpoints: dict[str, str], flat: FlatDepthFiles | None) -> list[str]:
-    """Where the results are, for the end of the run."""
-    from pipeline.sinks import video_path
-
-    out = config.outputs
-    streams = config.stream_ids()
-    lines = []
-    if flat is not None:
-        kinds = " + ".join(k for k, on in (("npy", flat.npy), ("png16", flat.png)) if on)
-        lines.append(f"depth files ({kinds}): {flat.directory}{os.sep}")
-    elif out.files is not None:
-        kinds = " + ".join(k for k, on in (("npy", out.files.npy), ("png16", out.files.png)) if on)
-        for s in streams:
-            folder = os.path.join(out.files.directory, s)
-            lines.append(f"depth files ({kinds}), {s}: {folder}{os.sep}")
-    if out.video is not None:
-        for s in streams:
-            lines.append(f"video, {s}: {video_path(out.video.path, s, len(streams) > 1)}")
-    if out.zmq is not None:
-        lines.append(f"published on: {endpoints.get('publish', out.zmq.endpoint)}")
+def output_lines(summary: Any, config: Any, endpoints: dict[str, str]) -> list[str]:
+    """Where the results are, for the end of the run: only what this run wrote completely (a run
+    stopped before its first frame, or whose video failed, lists none)."""
+    lines = [f"{label}: {path}" for label, path in summary.outputs.items()]
+    if config.outputs.zmq is not None:
+        lines.append(f"published on: {endpoints.get('publish', config.outputs.zmq.endpoint)}")
     return lines
 
 
@@ -577,7 +514,9 @@ def classify(exc: BaseException) -> tuple[int, str]:
         code, text = EXIT_FAILURE, f"stage {stage!r} failed: {type(inner).__name__}: {inner}"
     else:
         code, text = EXIT_FAILURE, f"{type(inner).__name__}: {inner}"
-    return code, " ".join(text.split())
+    from pipeline.errors import one_line
+
+    return code, one_line(text)
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -612,7 +551,7 @@ def build_config(args: argparse.Namespace) -> Any:
         raise CliError(f"{config_path}: {e}") from None
 
 
-def print_results(summary: Any, config: Any, endpoints: dict[str, str], flat: Any) -> None:
+def print_results(summary: Any, config: Any, endpoints: dict[str, str]) -> None:
     print(summary.format())
     captured = {
         sid: summary.stages.get(f"capture:{sid}", {}).get("processed", 0) for sid in summary.frames
@@ -620,7 +559,7 @@ def print_results(summary: Any, config: Any, endpoints: dict[str, str], flat: An
     print("frames per stream: " + ", ".join(
         f"{sid} {captured[sid]} in / {n} out" for sid, n in summary.frames.items()
     ))  # fmt: skip
-    for line in output_lines(config, endpoints, flat):
+    for line in output_lines(summary, config, endpoints):
         print(line)
     sys.stdout.flush()
 
@@ -632,6 +571,7 @@ def run(args: argparse.Namespace) -> int:
 
     from glpn.hardware import tune_cpu_allocator
     from pipeline import Pipeline, PipelineError
+    from pipeline.runner import default_engine_factory
 
     # Before any thread exists, so that every thread's allocations keep their freed memory
     # (see glpn.hardware: 20-30% of CPU inference time otherwise goes to page faults).
@@ -643,15 +583,15 @@ def run(args: argparse.Namespace) -> int:
 
     with contextlib.ExitStack() as cleanup:
         random_weights = not config.model.checkpoint
+        engine_factory = None  # the pipeline's own: glpn.engine.load(model.checkpoint, ...)
         if random_weights:
-            tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="depthstream-random-"))
-            checkpoint = write_random_checkpoint(tmp)
+            engine_factory = default_engine_factory(config, model=random_demo_model())
         else:
             checkpoint = check_checkpoint(config.model.checkpoint)
-        config = dataclasses.replace(
-            config, model=dataclasses.replace(config.model, checkpoint=checkpoint)
-        )
-        config, flat = prepare_outputs(config)
+            config = dataclasses.replace(
+                config, model=dataclasses.replace(config.model, checkpoint=checkpoint)
+            )
+        config = prepare_outputs(config)
         if random_weights:
             print(random_weights_warning(), file=sys.stderr, flush=True)
 
@@ -663,12 +603,9 @@ def run(args: argparse.Namespace) -> int:
         progress = Progress(total, f"{len(counts)} streams" if several else config.sources[0].id)
         cleanup.callback(progress.close)
 
-        def on_result(result: Any) -> None:  # in the sink thread
-            if flat is not None:
-                flat(result)
-            progress.update(result)
-
-        pipe = Pipeline(config, on_result=on_result, log_summary=False)  # printed below
+        pipe = Pipeline(  # its summary is printed below
+            config, engine_factory=engine_factory, on_result=progress.update, log_summary=False
+        )
         progress.pipe = pipe
         failure: BaseException | None = None
         try:
@@ -684,12 +621,17 @@ def run(args: argparse.Namespace) -> int:
 
         ran = summary.duration_s > 0 and (failure is None or sum(summary.frames.values()) > 0)
         if ran:
-            print_results(summary, config, pipe.endpoints, flat)
+            print_results(summary, config, pipe.endpoints)
             if args.summary_json:
                 import json
 
-                with open(args.summary_json, "w", encoding="utf-8") as f:
-                    json.dump(summary.to_dict(), f, indent=2)
+                from glpn.fileio import atomic_write
+
+                text = json.dumps(summary.to_dict(), indent=2) + "\n"
+                try:
+                    atomic_write(args.summary_json, text.encode())
+                except OSError as e:
+                    raise CliError(f"--summary-json: {e}", EXIT_OUTPUT) from None
             if random_weights:
                 print("note: RANDOM weights (no --checkpoint): the depth is not meaningful.",
                       file=sys.stderr)  # fmt: skip
@@ -724,4 +666,13 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # SIGTERM before the pipeline installs its handler (while loading): exit cleanly, same code.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_SIGNAL["SIGTERM"]))
-    sys.exit(main())
+    code = main()
+    capture = sys.modules.get("pipeline.capture")
+    if capture is not None and capture.opens_in_flight():
+        # A stop left a camera/URL open running inside OpenCV, which cannot interrupt it: exit
+        # now rather than wait for it (see pipeline.capture._wait_for_abandoned_opens).
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

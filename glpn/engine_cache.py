@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from typing import TypeVar
 
 import torch
 from torch import nn
+
+from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -120,20 +121,8 @@ class EngineCache:
         }
         try:
             os.makedirs(self.directory, exist_ok=True)
-            _atomic_write(blob_path, blob)
-            _atomic_write(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
+            atomic_write(blob_path, blob, fsync=True)
+            meta_json = json.dumps(meta, indent=2, sort_keys=True).encode()
+            atomic_write(meta_path, meta_json, fsync=True)
         except OSError as e:  # read-only or full disk: run without caching rather than fail
             log.warning("cannot write engine cache entry %s (%s); running uncached", blob_path, e)
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)

@@ -2,13 +2,19 @@
 
 Live sources are read as fast as they deliver (so no stale frames pile up in the decoder) and a
 frame is dropped, counted, when the next stage has no room. Lossless sources block on the next
-stage's high-water mark instead (backpressure). Live cameras and URLs that fail are reopened with
-exponential backoff.
+stage's high-water mark instead (backpressure).
+
+A source that does not open, or opens and gives no frame, is a SourceError at once: there is nothing
+to reconnect to. A live camera or URL that fails after it delivered is reopened with exponential
+backoff. Cameras and URLs open in a helper thread (`_Opening`), so that a stop never waits for one.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
+import socket
+import threading
 import time
 
 import zmq
@@ -49,12 +55,22 @@ class CaptureStage(Stage):
     # ---- opening and reconnecting ----------------------------------------------------------
 
     def _open(self) -> VideoReader | ImageReader:
+        """Open the source; a stop ends the wait for a camera or URL at once (Stopped)."""
+        if self.kind not in ("camera", "url"):
+            return open_reader(self.source, self.kind)  # a local file: quick
+        opening = _Opening(self.source, self.kind, f"depthstream-open:{self.source.id}")
         try:
-            return open_reader(self.source, self.kind)
-        except SourceError as e:
-            if not self.reconnect:
-                raise SourceError(f"source {self.source.id}: {e}") from None
-            return self._reopen(str(e))
+            self.poll([(opening.signal, zmq.POLLIN)])  # returns once the open is done
+        except BaseException:
+            opening.abandon()
+            raise
+        return opening.result()
+
+    def _open_first(self) -> VideoReader | ImageReader:
+        try:
+            return self._open()
+        except SourceError as e:  # never worked: nothing to reconnect to
+            raise SourceError(f"source {self.source.id}: {e}") from None
 
     def _reopen(self, reason: str) -> VideoReader | ImageReader:
         cfg = self.source.reconnect
@@ -75,7 +91,7 @@ class CaptureStage(Stage):
             self.metrics.events["reconnect_attempts"] += 1
             self.wait(delay)
             try:
-                reader = open_reader(self.source, self.kind)
+                reader = self._open()
             except SourceError as e:
                 reason = str(e)
                 continue
@@ -88,7 +104,7 @@ class CaptureStage(Stage):
     def loop(self) -> None:
         sid = self.source.id
         lossless = self.mode == "lossless"
-        reader = self._open()
+        reader = self._open_first()
         try:
             fps = self.source.fps or reader.fps
             t_start = time.monotonic()
@@ -104,14 +120,16 @@ class CaptureStage(Stage):
                     raise SourceError(f"source {sid}: {e}") from None
                 t_read = time.monotonic()
                 if frame is None:
-                    if self.reconnect:
+                    if self.reconnect and self.frames > 0:  # it worked: reconnect
                         reader.close()
                         self.metrics.events["disconnects"] += 1
                         reader = self._reopen(f"no frame from {self.source.uri}")
                         continue
                     if self.frames == 0:
                         raise SourceError(
-                            f"source {sid}: cannot decode any frame from {reader.what}"
+                            f"source {sid}: {reader.what} opened but gave no frame"
+                            if self.reconnect
+                            else f"source {sid}: cannot decode any frame from {reader.what}"
                         )
                     break  # end of file / images
                 self._send_frame(frame, t_read, (t_read - t0) * 1000, fps, lossless)
@@ -147,3 +165,95 @@ class CaptureStage(Stage):
             self.metrics.sent += 1
         else:
             self.metrics.drop("downstream_full")
+
+
+class _Opening:
+    """`open_reader` in a helper thread, which says it is done by a byte on `signal`.
+
+    OpenCV cannot interrupt an open: a URL's blocks in FFmpeg for up to `open_timeout_s`. The stage
+    polls `signal` together with its control socket, so a stop does not wait for the open; it
+    `abandon()`s it instead. The helper then closes whatever it opens when its call returns (within
+    the open timeout, plus at most 2 s to tell why it failed). It is a daemon thread, so that the
+    interpreter does not wait for it; but see `_wait_for_abandoned_opens` at exit.
+    """
+
+    def __init__(self, source: SourceConfig, kind: str, name: str) -> None:
+        self.what = source.uri
+        self.deadline = time.monotonic() + source.open_timeout_s + 3.0  # + probe, + slack
+        self.reader: VideoReader | ImageReader | None = None
+        self.error: BaseException | None = None
+        self.signal, self._done = socket.socketpair()  # stage thread's end, helper's end
+        self._lock = threading.Lock()  # orders the helper's hand-over against abandon()
+        self._finished = False
+        self._abandoned = False
+        self.thread = threading.Thread(
+            target=self._run, args=(source, kind), name=name, daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, source: SourceConfig, kind: str) -> None:
+        reader, error = None, None
+        try:
+            reader = open_reader(source, kind)
+        except BaseException as e:  # raised again in the stage thread
+            error = e
+        with self._lock:
+            self._finished = True
+            if self._abandoned:
+                if reader is not None:
+                    reader.close()
+                with _ABANDONED_LOCK:
+                    _ABANDONED.discard(self)
+            else:
+                self.reader, self.error = reader, error
+                self._done.send(b"!")
+            self._done.close()
+
+    def result(self) -> VideoReader | ImageReader:
+        """The reader, or the open's exception; call once `signal` is readable."""
+        self.thread.join()  # it has signalled: only returning is left
+        self.signal.close()
+        if self.error is not None:
+            raise self.error
+        return self.reader
+
+    def abandon(self) -> None:
+        """Leave the open to the helper thread, which closes what it opens."""
+        with self._lock:
+            self._abandoned = True
+            if self.reader is not None:  # done, but not collected
+                self.reader.close()
+                self.reader = None
+            elif not self._finished:
+                with _ABANDONED_LOCK:
+                    _ABANDONED.add(self)
+        self.signal.close()
+
+
+_ABANDONED: set[_Opening] = set()  # opens a stop left running, until they return
+_ABANDONED_LOCK = threading.Lock()
+
+
+def opens_in_flight() -> int:
+    """How many opens that a stop abandoned are still running (each ends within its timeout)."""
+    with _ABANDONED_LOCK:
+        return len(_ABANDONED)
+
+
+def _wait_for_abandoned_opens() -> None:
+    """At exit, let the abandoned opens end first (each within its open timeout, + 3 s).
+
+    A daemon thread that comes back from OpenCV while the interpreter is finalizing is ended inside
+    OpenCV's C++ code (Python < 3.14), which aborts the process ("terminate called without an
+    active exception"). A program that must exit at once calls os._exit when opens_in_flight().
+    """
+    with _ABANDONED_LOCK:
+        pending = list(_ABANDONED)
+    for opening in pending:
+        left = opening.deadline - time.monotonic()
+        if opening.thread.is_alive() and left > 0:
+            log.info("waiting up to %.1f s for the open of %s to end", left, opening.what)
+            opening.thread.join(left)
+
+
+atexit.register(_wait_for_abandoned_opens)

@@ -9,12 +9,13 @@
             ...
 
 Nothing here unpickles: messages are JSON headers plus raw buffers, checked before use; a malformed
-message is skipped and counted (`sub.malformed`).
+message is skipped and counted (`sub.malformed`), whatever it contains.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict, deque
@@ -23,12 +24,83 @@ from typing import Any
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from . import messages
+from .config import MAX_IMAGE_SIDE, STREAM_ID
 from .errors import MessageError
-from .sinks import topic
 
 log = logging.getLogger(__name__)
+
+MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+RETRY_S = (0.1, 5.0)  # first and longest wait before connecting again after a protocol error
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    """The shorter of two poll timeouts in ms (None: forever)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+class _Connection:
+    """A SUB socket's connection to the publisher, watched through a socket monitor.
+
+    `connected` is set once a handshake succeeded. ZeroMQ connects again by itself after a lost
+    connection (it reports CONNECT_RETRIED), but not after a protocol error, which is what a
+    message part over MAXMSGSIZE is: then this connects again, after RETRY_S[0] s, doubling up
+    to RETRY_S[1] s while no handshake succeeds (a publisher that keeps sending such parts is
+    not hammered). The frames published meanwhile are missed (`DepthSubscriber.lost`). Used by
+    one thread only: the caller's, or the receiver thread's, which calls `handle_events` when
+    the monitor has events or `timeout_ms` has passed.
+    """
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.connected = threading.Event()
+        self.reconnects = 0  # connections lost (each one made again)
+        self.monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+        self._retry_at: float | None = None  # when to connect again, if ZeroMQ does not
+        self._backoff = RETRY_S[0]
+
+    def timeout_ms(self) -> float | None:
+        """How long a poll may wait before `handle_events` must run (None: for an event)."""
+        if self._retry_at is None:
+            return None
+        return max(0.0, math.ceil((self._retry_at - time.monotonic()) * 1000))
+
+    def handle_events(self) -> None:
+        """Act on the monitor events waiting now, and connect again if that is due."""
+        while self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected.set()
+                self._backoff = RETRY_S[0]
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.reconnects += 1
+                log.info(
+                    "%s: connection lost; frames published meanwhile are missed", self.endpoint
+                )
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(2 * self._backoff, RETRY_S[1])
+            elif event == zmq.EVENT_CONNECT_RETRIED:
+                self._retry_at = None  # ZeroMQ is on it
+        if self._retry_at is not None and time.monotonic() >= self._retry_at:
+            self._retry_at = None
+            if self.reconnects <= 10:
+                log.warning(
+                    "%s: the connection was closed on a protocol error (a message part over "
+                    "max_bytes?); connecting again",
+                    self.endpoint,
+                )
+            try:
+                self.sock.disconnect(self.endpoint)  # the dead session: a new one replaces it
+            except zmq.ZMQError:
+                pass
+            self.sock.connect(self.endpoint)
+
+    def close(self) -> None:
+        self.sock.disable_monitor()
+        self.monitor.close(linger=0)
 
 
 class _NewestReceiver:
@@ -38,58 +110,67 @@ class _NewestReceiver:
     frames for this subscriber (PUB drops new messages when a subscriber's queue is full).
     A stream's end-of-stream message is never replaced: it is kept after the stream's newest frame
     (which `take` returns first), and a frame that comes after it (the stream started again) waits
-    behind it. The thread creates its own sockets and stops on a control message.
+    behind it. The thread creates its own sockets and stops on a control message. It never ends
+    silently: an error in it is raised by `take` (and by the constructor if it failed to start).
     """
 
-    def __init__(self, context: zmq.Context, connect: Callable[[zmq.Socket], None], decode) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        setup: Callable[[zmq.Socket], _Connection],
+        accept: Callable[[list[Any]], messages.Message | None],
+    ) -> None:
         self._context = context
-        self._connect = connect
-        self._decode = decode
+        self._setup = setup
+        self._accept = accept
         self._control = f"inproc://depthstream-subscriber-{id(self):x}"
         self._cond = threading.Condition()
         # stream -> its messages not yet taken: frames and ends, never two frames in a row
         self._queues: OrderedDict[str, deque[messages.Message]] = OrderedDict()
         self._closed = False
+        self.error: BaseException | None = None  # what ended the thread, if not close()
         self.received = 0
         self.skipped = 0
-        self.connected = threading.Event()
+        self.connection: _Connection | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name="depthstream-subscriber", daemon=True
         )
         self._thread.start()
         self._ready.wait()
+        if self.error is not None:
+            self._thread.join()
+            raise self.error
 
     def _run(self) -> None:
         sock = self._context.socket(zmq.SUB)
         ctl = self._context.socket(zmq.PAIR)
-        monitor = None
+        conn = None
         try:
-            sock.setsockopt(zmq.LINGER, 0)
-            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-            self._connect(sock)
+            conn = self.connection = self._setup(sock)
             ctl.bind(self._control)
             self._ready.set()
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(ctl, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
-            while ctl not in (events := dict(poller.poll())):
-                if monitor in events:
-                    monitor.recv_multipart()
-                    self.connected.set()
+            poller.register(conn.monitor, zmq.POLLIN)
+            while ctl not in (events := dict(poller.poll(conn.timeout_ms()))):
+                if conn.monitor in events or not events:
+                    conn.handle_events()
                 while True:
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    msg = self._decode(parts)
+                    msg = self._accept(parts)
                     if msg is not None:
                         self._keep(msg)
+        except BaseException as exc:
+            self.error = exc  # raised in the consumer's thread by take()
+            log.debug("subscriber receiver thread failed", exc_info=True)
         finally:
-            if monitor is not None:
-                sock.disable_monitor()
-                monitor.close(linger=0)
+            if conn is not None:
+                conn.close()
             sock.close(linger=0)
             ctl.close(linger=0)
             with self._cond:
@@ -117,9 +198,12 @@ class _NewestReceiver:
             self._cond.notify_all()
 
     def take(self, timeout: float | None) -> messages.Message | None:
-        """The oldest waiting stream's next message (a frame or an end), None on timeout."""
+        """The oldest waiting stream's next message (a frame or an end), None on timeout; the
+        error that ended the receiver thread, if one did."""
         with self._cond:
             self._cond.wait_for(lambda: self._queues or self._closed, timeout)
+            if self.error is not None:
+                raise self.error
             if not self._queues:
                 return None
             stream, queue = next(iter(self._queues.items()))
@@ -129,11 +213,12 @@ class _NewestReceiver:
             return msg
 
     def close(self) -> None:
-        ctl = self._context.socket(zmq.PAIR)
-        ctl.connect(self._control)
-        ctl.send(b"stop")
-        self._thread.join()
-        ctl.close(linger=0)
+        if self._thread.is_alive():
+            ctl = self._context.socket(zmq.PAIR)
+            ctl.connect(self._control)
+            ctl.send(b"stop")
+            self._thread.join()
+            ctl.close(linger=0)
 
 
 class DepthSubscriber:
@@ -143,9 +228,26 @@ class DepthSubscriber:
     as it arrives and keeps only the newest frame of each stream; `recv` returns that (older ones
     count in `skipped`). Otherwise every frame is returned in order (a consumer that falls behind
     by more than the publisher's high-water mark plus its own receive queue loses frames, as with
-    any ZeroMQ PUB).
+    any ZeroMQ PUB: they count in `lost`).
     streams: receive only these stream ids (default: all).
     timeout: iteration ends after this many seconds without a message (default: never).
+    max_bytes: a message whose arrays together exceed this is skipped as malformed; a single part
+    larger than it is refused before it is received whole (ZeroMQ's MAXMSGSIZE), which closes the
+    connection: the subscriber reconnects at once (`reconnects`), missing what is published
+    meanwhile.
+
+    Hostile or broken messages (bad JSON, absurd numbers or shapes, a topic that is not its
+    stream's) never end the loop: each is skipped and counted in `malformed`. In newest_only mode
+    an unexpected error in the background thread is raised by `recv` / the loop, never swallowed.
+
+    lost: {stream: frames missed}, from gaps in the frames' `index` (which counts up by one per
+    frame read from the source) among the frames that arrived here, since the first one of the
+    stream; an index that goes back (the stream restarted) or an end of stream starts counting
+    afresh. It counts frames this subscriber never received: lost at the publisher's high-water
+    mark, published while it was reconnecting, or, for a live source, dropped inside the pipeline
+    on purpose to stay current (those are also in the pipeline's drops). For a lossless source
+    (a file) the pipeline drops nothing, so every one counted was lost on the way here. Frames
+    replaced by a newer one in newest_only mode arrived: they are in `skipped`, not `lost`.
 
     End of stream: when a stream ends at the publisher (a video file or image folder finished,
     `max_frames` reached), its end-of-stream message follows the last frame; `recv` and iteration
@@ -164,7 +266,8 @@ class DepthSubscriber:
     subscriber that falls so far behind that it loses frames may lose the end too (add a
     `timeout` where either can happen), and without `streams=` a stream none of whose messages
     has arrived yet when the others have ended is not waited for.
-    `wait_connected` tells when the connection is made (frames published before are not received).
+    `wait_connected` tells when the connection is made (frames published before are not received;
+    a pipeline with `outputs.zmq.wait_subscribers` waits for its subscribers instead).
     """
 
     def __init__(
@@ -188,25 +291,37 @@ class DepthSubscriber:
         self._watched = set(streams) if streams else None
         self._seen: set[str] = set()
         self._received = 0
+        self._lost: dict[str, int] = {}  # written by the thread that receives
+        self._next_index: dict[str, int] = {}  # stream -> the index its next frame should have
         self._own_context = context is None
         self._context = context or zmq.Context()
-        self._topics = [b""] if not streams else [topic(s) for s in streams]
+        self._topics = [b""] if not streams else [messages.stream_topic(s) for s in streams]
         self._sock: zmq.Socket | None = None
-        self._monitor: zmq.Socket | None = None
-        self._connected = False
+        self._conn: _Connection | None = None
         self._newest: _NewestReceiver | None = None
-        if newest_only:
-            self._newest = _NewestReceiver(self._context, self._setup, self._decode)
-        else:
-            self._sock = self._context.socket(zmq.SUB)
-            self._sock.setsockopt(zmq.LINGER, 0)
-            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-            self._setup(self._sock)
+        try:
+            if newest_only:
+                self._newest = _NewestReceiver(self._context, self._setup, self._accept)
+            else:
+                self._sock = self._context.socket(zmq.SUB)
+                self._conn = self._setup(self._sock)
+        except BaseException:
+            self.close()
+            raise
 
-    def _setup(self, sock: zmq.Socket) -> None:
+    def _setup(self, sock: zmq.Socket) -> _Connection:
+        sock.setsockopt(zmq.LINGER, 0)
+        # Parts are a header (<= MAX_HEADER_BYTES) or one array (<= max_bytes).
+        sock.setsockopt(zmq.MAXMSGSIZE, max(self.max_bytes, messages.MAX_HEADER_BYTES))
         for t in self._topics:
             sock.setsockopt(zmq.SUBSCRIBE, t)
-        sock.connect(self.endpoint)
+        conn = _Connection(sock, self.endpoint)
+        try:
+            sock.connect(self.endpoint)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     @property
     def received(self) -> int:
@@ -219,6 +334,17 @@ class DepthSubscriber:
         return self._newest.skipped if self._newest else 0
 
     @property
+    def lost(self) -> dict[str, int]:
+        """{stream: frames missed}, from gaps in `index` (see the class docstring)."""
+        return dict(self._lost)  # a copy: the receiver thread may be adding to it
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection was closed and made again (see `max_bytes`)."""
+        conn = self._newest.connection if self._newest else self._conn
+        return conn.reconnects if conn is not None else 0
+
+    @property
     def finished(self) -> bool:
         """Every watched stream has ended: the `streams` given, else every stream seen so far."""
         watched = self._watched if self._watched is not None else self._seen
@@ -229,41 +355,65 @@ class DepthSubscriber:
         within `timeout` s. A publisher sends a subscriber only what it publishes after that (once
         the subscription has crossed the connection too: a network round trip later)."""
         if self._newest is not None:
-            return self._newest.connected.wait(timeout)
-        if not self._connected and self._monitor.poll(None if timeout is None else timeout * 1000):
-            self._connected = True
-            self._sock.disable_monitor()
-            self._monitor.close(linger=0)
-        return self._connected
+            return self._newest.connection.connected.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn = self._conn
+        while not conn.connected.is_set():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if left == 0.0:
+                break
+            conn.monitor.poll(_sooner(None if left is None else left * 1000, conn.timeout_ms()))
+            conn.handle_events()
+        return conn.connected.is_set()
 
-    def _decode(self, parts: list[Any]) -> messages.Message | None:
+    def _accept(self, parts: list[Any]) -> messages.Message | None:
+        """A received message, checked, with its stream's gap counted; None (counted in
+        `malformed`) if it is not a valid depth frame or end of stream."""
         try:
             msg = messages.decode(parts, topic=True, max_bytes=self.max_bytes)
             if msg.kind == "frame":
                 msg.array("depth", dtype="float32", ndim=2)
             elif msg.arrays:
                 raise MessageError(f"end of stream with arrays {sorted(msg.arrays)}")
-            return msg
         except MessageError as e:
             self.malformed += 1
             if self.malformed <= 10:
                 log.error("%s: dropped malformed message: %s", self.endpoint, e)
             return None
+        if msg.kind == "eos":
+            self._next_index.pop(msg.stream, None)  # a new run of the stream starts anywhere
+        else:
+            index = msg.header["index"]
+            expected = self._next_index.get(msg.stream, index)
+            gap = index - expected if index > expected else 0  # back: the stream restarted
+            self._lost[msg.stream] = self._lost.get(msg.stream, 0) + gap
+            self._next_index[msg.stream] = index + 1
+        return msg
 
     def _next(self, timeout: float | None) -> messages.Message | None:
         """The next valid message, frame or end, None on timeout."""
         if self._newest is not None:
             return self._newest.take(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        conn = self._conn
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(conn.monitor, zmq.POLLIN)
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._sock.poll(None if left is None else int(left * 1000)):
+            events = dict(
+                poller.poll(_sooner(None if left is None else left * 1000, conn.timeout_ms()))
+            )
+            if conn.monitor in events or not events:
+                conn.handle_events()
+            if self._sock in events:
+                msg = self._accept(self._sock.recv_multipart(copy=False))
+                if msg is not None:
+                    if msg.kind == "frame":
+                        self._received += 1
+                    return msg
+            elif left == 0.0:
                 return None
-            msg = self._decode(self._sock.recv_multipart(copy=False))
-            if msg is not None:
-                if msg.kind == "frame":
-                    self._received += 1
-                return msg
 
     def recv_message(self, timeout: float | None = None) -> messages.Message | None:
         """The next depth message (header + arrays incl. an optional 'view'); None on timeout, or
@@ -302,10 +452,9 @@ class DepthSubscriber:
     def close(self) -> None:
         if self._newest is not None:
             self._newest.close()
+        if self._conn is not None:
+            self._conn.close()
         if self._sock is not None:
-            if not self._connected:
-                self._sock.disable_monitor()
-                self._monitor.close(linger=0)
             self._sock.close(linger=0)
         if self._own_context:
             self._context.term()
@@ -338,6 +487,8 @@ class FrameSender:
     ) -> None:
         if mode not in messages.MODES:
             raise ValueError(f"mode must be one of {messages.MODES}, got {mode!r}")
+        if not STREAM_ID.fullmatch(stream):  # the pipeline drops frames of any other stream
+            raise ValueError(f"stream {stream!r} must be a source id ({STREAM_ID.pattern})")
         self.stream = stream
         self.mode = mode
         self.index = 0
@@ -352,6 +503,8 @@ class FrameSender:
         """Send one BGR uint8 (H, W, 3) frame; False if dropped (live mode, pipeline full)."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected (H, W, 3) uint8 BGR, got {image.dtype} {image.shape}")
+        if not 0 < min(image.shape[:2]) <= max(image.shape[:2]) <= MAX_IMAGE_SIDE:
+            raise ValueError(f"image of {image.shape} is empty or over {MAX_IMAGE_SIDE} a side")
         header = {
             "kind": "frame",
             "stream": self.stream,

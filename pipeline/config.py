@@ -4,14 +4,22 @@
 `ConfigError` naming the dotted key (`model.max_batch`, `sources[1].mode`) and, for unknown keys,
 listing the valid ones. Shorthands accepted in files: a source may be a bare string (its uri);
 `input_size: auto` means None; a sink section may be `true` for its defaults.
+
+Every number has a finite range that the code and the OS accept (a `linger_ms` zmq can take, a
+timeout `time.monotonic() + t` can add), and the message gives the range. `read_config_file` is
+the one reader of config files: it bounds the file's size, its nesting and what YAML aliases
+expand to, so a hostile or broken file is one ConfigError, never a hang or gigabytes of memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import re
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
@@ -19,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 import yaml
+from yaml.composer import ComposerError
 
 from .colour import COLORMAPS
 from .errors import ConfigError
@@ -26,7 +35,47 @@ from .errors import ConfigError
 SOURCE_KINDS = ("auto", "camera", "file", "url", "images", "external")
 SOURCE_MODES = ("auto", "live", "lossless")
 TRANSPORTS = ("inproc", "ipc", "tcp")
+FILE_LAYOUTS = ("per_stream", "flat")
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in file names and topics
+
+# Limits of a config file (read_config_file). A real config is a few KiB, 5 levels deep, a few
+# hundred values; these leave room for generated ones and refuse what would only exhaust memory.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+MAX_NESTING = 32  # nesting of lists and mappings
+MAX_VALUES = 20_000  # keys and values once YAML aliases are expanded (a billion laughs: 10**9)
+MAX_SOURCES = 256  # each source is a capture thread with its own sockets
+
+# Ranges of numbers (inclusive). Upper ends are what the code and the OS accept (zmq options are
+# C ints, `time.monotonic() + timeout` must stay a time) and far beyond any sensible setting.
+MAX_SECONDS = 3600.0  # timeouts and reconnect delays
+MAX_FPS = 1000.0  # frame rates: sources, pacing and video files
+MIN_FPS = 0.01  # one frame per 100 s; OpenCV's video writers refuse much less
+MAX_IMAGE_SIDE = 16384  # camera resolution
+MAX_INPUT_SIDE = 8192  # model input
+MAX_DEPTH_M = 10_000.0  # colour range of the view, metres
+MAX_HWM = 1_000_000  # zmq high-water marks, messages
+MAX_MESSAGE_BYTES = 1 << 31  # 2 GiB; zmq's MAXMSGSIZE takes an int64, a frame is far smaller
+MAX_LINGER_MS = 60_000  # zmq's LINGER is a C int of milliseconds
+
+_repr = reprlib.Repr()  # never builds more than a few hundred characters, whatever the value
+_repr.maxstring = _repr.maxother = _repr.maxlong = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
+_repr.maxlevel = 3
+
+
+def _short_text(text: str, limit: int = 200) -> str:
+    """text on one line, at most `limit` characters."""
+    text = " ".join(text[: 2 * limit].split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value: Any) -> str:
+    """repr(value) in at most 100 characters, without ever building the whole repr."""
+    try:
+        text = _repr.repr(value)
+    except Exception:  # e.g. an int too long to print
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 class _Invalid(ConfigError):
@@ -43,13 +92,31 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise _Invalid(key, message)
 
 
-def _check_size(value: tuple[int, int] | None, key: str) -> None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if x == int(x) else str(x)  # 3600, not 3600.0 or 3.6e+03
+
+
+def _in_range(value: Any, key: str, lo: float, hi: float, *, above: bool = False) -> None:
+    """value must be a finite number in lo..hi (above=True: > lo); None passes (auto)."""
+    if value is None:
+        return
+    ok = _is_number(value) and (isinstance(value, int) or math.isfinite(value))
+    ok = ok and (value > lo if above else value >= lo) and value <= hi
+    where = f"> {_num(lo)} and <= {_num(hi)}" if above else f"in {_num(lo)}..{_num(hi)}"
+    _require(ok, key, f"must be {where}, got {_short(value)}")
+
+
+def _check_size(value: tuple[int, int] | None, key: str, hi: int = MAX_INPUT_SIDE) -> None:
     if value is None:
         return
     _require(
-        len(value) == 2 and all(v >= 32 and v % 32 == 0 for v in value),
+        len(value) == 2 and all(_is_number(v) and 32 <= v <= hi and v % 32 == 0 for v in value),
         key,
-        f"must be [height, width], multiples of 32 and >= 32, got {list(value)}",
+        f"must be [height, width], multiples of 32 in 32..{hi}, got {_short(list(value))}",
     )
 
 
@@ -62,8 +129,9 @@ class ReconnectConfig:
     max_delay_s: float = 5.0  # cap on the wait between attempts
 
     def __post_init__(self) -> None:
-        _require(self.max_attempts >= -1, "max_attempts", "must be >= -1 (-1 = forever)")
-        _require(self.initial_delay_s >= 0, "initial_delay_s", "must be >= 0")
+        _in_range(self.max_attempts, "max_attempts", -1, 1_000_000)  # -1: forever
+        _in_range(self.initial_delay_s, "initial_delay_s", 0, MAX_SECONDS)
+        _in_range(self.max_delay_s, "max_delay_s", 0, MAX_SECONDS)
         _require(
             self.max_delay_s >= self.initial_delay_s, "max_delay_s", "must be >= initial_delay_s"
         )
@@ -82,26 +150,31 @@ class SourceConfig:
     fps: float | None = None  # frame rate of images / for pacing; None: the source's (images: 30)
     max_frames: int | None = None  # end this source after this many frames
     camera_size: tuple[int, int] | None = None  # camera resolution to ask for (h, w); None: default
-    open_timeout_s: float = 5.0  # URL open timeout (FFmpeg); bounds how long a stop can wait
+    open_timeout_s: float = 5.0  # URL open timeout (FFmpeg); a stop does not wait for it
     read_timeout_s: float = 1.0  # URL read timeout; a longer stall is a failure (reconnect)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)  # live sources only
 
     def __post_init__(self) -> None:
         _require(self.uri != "", "uri", "must not be empty")
-        _require(self.id == "" or bool(STREAM_ID.match(self.id)), "id",
-                 f"{self.id!r} must match {STREAM_ID.pattern}")  # fmt: skip
-        _require(self.kind in SOURCE_KINDS, "kind", f"{self.kind!r} is not one of {SOURCE_KINDS}")
-        _require(self.mode in SOURCE_MODES, "mode", f"{self.mode!r} is not one of {SOURCE_MODES}")
+        _require(self.id == "" or bool(STREAM_ID.fullmatch(self.id)), "id",
+                 f"{_short(self.id)} must match {STREAM_ID.pattern}")  # fmt: skip
+        _require(self.kind in SOURCE_KINDS, "kind",
+                 f"{_short(self.kind)} is not one of {SOURCE_KINDS}")  # fmt: skip
+        _require(self.mode in SOURCE_MODES, "mode",
+                 f"{_short(self.mode)} is not one of {SOURCE_MODES}")  # fmt: skip
         _check_size(self.input_size, "input_size")
-        _require(self.fps is None or self.fps > 0, "fps", "must be > 0")
-        _require(self.max_frames is None or self.max_frames >= 1, "max_frames", "must be >= 1")
+        _in_range(self.fps, "fps", MIN_FPS, MAX_FPS)
+        _in_range(self.max_frames, "max_frames", 1, 10**9)
+        size = self.camera_size
         _require(
-            self.camera_size is None or (len(self.camera_size) == 2 and min(self.camera_size) > 0),
+            size is None
+            or (len(size) == 2 and all(_is_number(v) and 1 <= v <= MAX_IMAGE_SIDE for v in size)),
             "camera_size",
-            "must be [height, width], both > 0",
+            f"must be [height, width], both in 1..{MAX_IMAGE_SIDE}, got {_short(size)}",
         )
-        _require(self.open_timeout_s > 0, "open_timeout_s", "must be > 0")
-        _require(self.read_timeout_s > 0, "read_timeout_s", "must be > 0")
+        # Passed to FFmpeg in whole milliseconds, where 0 would mean no timeout at all.
+        _in_range(self.open_timeout_s, "open_timeout_s", 0.001, MAX_SECONDS)
+        _in_range(self.read_timeout_s, "read_timeout_s", 0.001, MAX_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -123,7 +196,7 @@ class ModelConfig:
         _require(
             1 <= self.max_batch <= 256, "max_batch", f"must be in 1..256, got {self.max_batch}"
         )
-        _require(self.max_wait_ms >= 0, "max_wait_ms", "must be >= 0")
+        _in_range(self.max_wait_ms, "max_wait_ms", 0, 10_000)
 
 
 @dataclass(frozen=True)
@@ -136,11 +209,14 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         r = self.depth_range
-        _require(r is None or (len(r) == 2 and 0 <= r[0] < r[1]), "depth_range",
-                 f"must be [near, far] with 0 <= near < far, got {r}")  # fmt: skip
-        _require(
-            self.colormap in COLORMAPS, "colormap", f"{self.colormap!r} not in {sorted(COLORMAPS)}"
+        ok = r is None or (
+            len(r) == 2 and all(_is_number(v) for v in r) and 0 <= r[0] < r[1] <= MAX_DEPTH_M
         )
+        _require(ok, "depth_range",
+                 f"must be [near, far] with 0 <= near < far <= {MAX_DEPTH_M:g}, "
+                 f"got {_short(r)}")  # fmt: skip
+        _require(self.colormap in COLORMAPS, "colormap",
+                 f"{_short(self.colormap)} not in {sorted(COLORMAPS)}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -148,12 +224,15 @@ class ZmqSinkConfig:
     endpoint: str = "tcp://127.0.0.1:5556"  # PUB endpoint subscribers connect to (loopback default)
     publish_view: bool = False  # also send the colourised view (BGR uint8) after the depth
     hwm: int = 4  # messages queued per subscriber; a slow subscriber loses frames beyond this
+    wait_subscribers: int = 0  # send only once this many subscriptions arrived; 0: don't wait
+    wait_timeout_s: float = 10.0  # from the first frame, how long to wait for them; then an error
 
     def __post_init__(self) -> None:
-        _require(
-            _endpoint_ok(self.endpoint), "endpoint", f"{self.endpoint!r} is not a ZeroMQ endpoint"
-        )
-        _require(self.hwm >= 1, "hwm", "must be >= 1")
+        _require(_endpoint_ok(self.endpoint), "endpoint",
+                 f"{_short(self.endpoint)} is not a ZeroMQ endpoint")  # fmt: skip
+        _in_range(self.hwm, "hwm", 1, MAX_HWM)
+        _in_range(self.wait_subscribers, "wait_subscribers", 0, 1000)
+        _in_range(self.wait_timeout_s, "wait_timeout_s", 0, MAX_SECONDS, above=True)
 
 
 @dataclass(frozen=True)
@@ -161,10 +240,17 @@ class FilesSinkConfig:
     directory: str  # files go to DIRECTORY/<stream>/<index:06d>.npy and .png
     npy: bool = True  # float32 metres
     png: bool = True  # uint16 depth * 256 (KITTI convention), saturating at 255.99 m
+    layout: str = "per_stream"  # per_stream: DIRECTORY/<stream>/...; flat: DIRECTORY/... (1 stream)
 
     def __post_init__(self) -> None:
         _require(self.directory != "", "directory", "must not be empty")
         _require(self.npy or self.png, "npy", "at least one of npy and png must be true")
+        _require(self.layout in FILE_LAYOUTS, "layout",
+                 f"{_short(self.layout)} is not one of {FILE_LAYOUTS}")  # fmt: skip
+
+    def folder(self, stream: str) -> str:
+        """Where the files of `stream` go."""
+        return self.directory if self.layout == "flat" else os.path.join(self.directory, stream)
 
 
 @dataclass(frozen=True)
@@ -174,8 +260,8 @@ class VideoSinkConfig:
 
     def __post_init__(self) -> None:
         ext = os.path.splitext(self.path)[1].lower()
-        _require(ext in (".avi", ".mp4"), "path", f"{self.path!r} must end in .avi or .mp4")
-        _require(self.fps is None or self.fps > 0, "fps", "must be > 0")
+        _require(ext in (".avi", ".mp4"), "path", f"{_short(self.path)} must end in .avi or .mp4")
+        _in_range(self.fps, "fps", MIN_FPS, MAX_FPS)
 
 
 @dataclass(frozen=True)
@@ -203,10 +289,11 @@ class TransportConfig:
     linger_ms: int = 1000  # after EOS, how long unsent messages may delay closing (tcp/ipc)
 
     def __post_init__(self) -> None:
-        _require(self.kind in TRANSPORTS, "kind", f"{self.kind!r} is not one of {TRANSPORTS}")
-        _require(self.hwm >= 1, "hwm", "must be >= 1")
-        _require(self.max_message_bytes >= 1024, "max_message_bytes", "must be >= 1024")
-        _require(self.linger_ms >= 0, "linger_ms", "must be >= 0")
+        _require(self.kind in TRANSPORTS, "kind",
+                 f"{_short(self.kind)} is not one of {TRANSPORTS}")  # fmt: skip
+        _in_range(self.hwm, "hwm", 1, MAX_HWM)
+        _in_range(self.max_message_bytes, "max_message_bytes", 1024, MAX_MESSAGE_BYTES)
+        _in_range(self.linger_ms, "linger_ms", 0, MAX_LINGER_MS)
 
 
 @dataclass(frozen=True)
@@ -215,8 +302,10 @@ class MetricsConfig:
     window: int = 4096  # latency samples kept per stage for the percentiles
 
     def __post_init__(self) -> None:
-        _require(self.interval_s >= 0, "interval_s", "must be >= 0")
-        _require(self.window >= 16, "window", "must be >= 16")
+        v = self.interval_s  # a tiny period would only flood the log
+        _require(v == 0 or (_is_number(v) and 0.01 <= v <= 86_400), "interval_s",
+                 f"must be 0 (off) or in 0.01..86400, got {_short(v)}")  # fmt: skip
+        _in_range(self.window, "window", 16, 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -235,9 +324,14 @@ class Config:
         )
         object.__setattr__(self, "sources", sources)
         _require(len(self.sources) >= 1, "sources", "at least one source is needed")
+        _require(len(self.sources) <= MAX_SOURCES, "sources",
+                 f"at most {MAX_SOURCES} sources, got {len(self.sources)}")  # fmt: skip
         ids = [s.id for s in self.sources]
         dup = sorted({i for i in ids if ids.count(i) > 1})
         _require(not dup, "sources", f"stream ids must be unique; repeated: {dup}")
+        files = self.outputs.files
+        _require(files is None or files.layout != "flat" or len(self.sources) == 1,
+                 "outputs.files.layout", "flat needs a single source")  # fmt: skip
 
     def stream_ids(self) -> list[str]:
         return [s.id for s in self.sources]
@@ -260,6 +354,15 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _hint(value: Any, tp: type) -> str:
+    """For '1e6' and the like: YAML 1.1 (PyYAML) reads a number without a dot as text."""
+    if isinstance(value, str) and len(value) < 40 and any(c.isdigit() for c in value):
+        with contextlib.suppress(ValueError):
+            float(value)
+            return f" (YAML reads 1e6 as text: write {'1000000' if tp is int else '1.0e+6'})"
+    return ""
+
+
 def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
@@ -276,32 +379,41 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if value is True:
             value = {}
         if not isinstance(value, Mapping):
-            raise ConfigError(f"config: {path} must be a mapping, got {value!r}")
+            raise ConfigError(f"config: {path} must be a mapping, got {_short(value)}")
         return _build(tp, value, path)
     if origin is tuple:
         args = typing.get_args(tp)
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config: {path} must be a list, got {value!r}")
+            raise ConfigError(f"config: {path} must be a list, got {_short(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"config: {path} must have {len(args)} entries, got {list(value)}")
+            raise ConfigError(
+                f"config: {path} must have {len(args)} entries, got {_short(list(value))}"
+            )
         return tuple(_convert(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"config: {path} must be true or false, got {value!r}")
+            raise ConfigError(f"config: {path} must be true or false, got {_short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config: {path} must be an integer, got {value!r}")
+            raise ConfigError(
+                f"config: {path} must be an integer, got {_short(value)}{_hint(value, int)}"
+            )
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config: {path} must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(
+                f"config: {path} must be a number, got {_short(value)}{_hint(value, float)}"
+            )
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ConfigError(f"config: {path} is out of range, got {_short(value)}") from None
     if tp is str:
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ConfigError(f"config: {path} must be a string, got {value!r}")
+            raise ConfigError(f"config: {path} must be a string, got {_short(value)}")
         return str(value)  # a camera index may be written as a number
     raise ConfigError(f"config: {path}: unsupported type {_type_name(tp)}")
 
@@ -311,7 +423,7 @@ def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            where = _dotted(path, str(key))
+            where = _dotted(path, _short(key) if not isinstance(key, str) else key[:60])
             raise ConfigError(f"config: unknown key {where!r}; valid keys: {', '.join(fields)}")
     kwargs = {key: _convert(value, hints[key], _dotted(path, key)) for key, value in data.items()}
     missing = [
@@ -340,7 +452,9 @@ def _normalise_sources(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(s, (str, int)) and not isinstance(s, bool):
             s = {"uri": str(s)}
         if not isinstance(s, Mapping):
-            raise ConfigError(f"config: sources[{i}] must be a uri string or a mapping, got {s!r}")
+            raise ConfigError(
+                f"config: sources[{i}] must be a uri string or a mapping, got {_short(s)}"
+            )
         out.append(s)
     return {**data, "sources": out}
 
@@ -354,6 +468,110 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     return _build(Config, _normalise_sources(dict(data)), "")
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that refuses, while composing (before any data is built), nesting deeper
+    than MAX_NESTING and more than MAX_VALUES keys and values with every alias expanded. The data
+    keeps aliases shared, but anything that walks it (a message, a copy, the schema) expands them.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._values = 0  # values composed so far, an alias counting all the values it stands for
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark
+        if self._depth >= MAX_NESTING:
+            raise ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", mark)
+        alias = self.check_event(yaml.AliasEvent)
+        if not alias:
+            self._count(1, mark)
+        self._depth += 1
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+        if alias:  # an earlier node: its expanded size is known, unless it contains this alias
+            if not hasattr(node, "expanded"):
+                raise ComposerError(None, None, "recursive alias", mark)
+            self._count(node.expanded, mark)
+            return node
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        node.expanded = 1 + sum(child.expanded for child in children)
+        return node
+
+    def _count(self, values: int, mark: Any) -> None:
+        self._values += values
+        if self._values > MAX_VALUES:
+            problem = f"more than {MAX_VALUES} values once aliases are expanded"
+            raise ComposerError(None, None, problem, mark)
+
+
+def _check_shape(data: Any) -> None:
+    """The same bounds as _BoundedLoader, for JSON (no aliases): walked without recursion."""
+    stack, count = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if depth > MAX_NESTING or count > MAX_VALUES:
+            raise ValueError(
+                f"nested deeper than {MAX_NESTING} levels" if depth > MAX_NESTING
+                else f"more than {MAX_VALUES} values"
+            )  # fmt: skip
+        if isinstance(value, dict):
+            count += len(value)  # the keys
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML (or .json) config file -> its top-level mapping ({} for an empty file), unvalidated.
+
+    The one reader of config files: refuses files over MAX_FILE_BYTES, nesting deeper than
+    MAX_NESTING and more than MAX_VALUES keys and values (YAML aliases expanded) with a ConfigError
+    naming the file; never a RecursionError or a billion-laughs expansion."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({_short_text(str(e))})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: config file larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+        if path.endswith(".json"):
+            data = json.loads(text)
+            _check_shape(data)
+        else:
+            loader = _BoundedLoader(text)
+            loader.name = path  # named in the error marks
+            try:
+                data = loader.get_single_data()
+            finally:
+                loader.dispose()
+    except RecursionError:  # json nested deeper than the interpreter allows
+        raise ConfigError(
+            f"{path}: cannot parse config (nested deeper than {MAX_NESTING} levels)"
+        ) from None
+    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        # ValueError: bad JSON, or an integer of more than 4300 digits
+        raise ConfigError(f"{path}: cannot parse config ({_short_text(str(e))})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: config: expected a mapping at the top level, got {type(data).__name__}"
+        )
+    return data
+
+
 def load_config(source: Config | Mapping[str, Any] | str | os.PathLike) -> Config:
     """A Config, a dict or a YAML/JSON file path -> validated Config (ConfigError if not)."""
     if isinstance(source, Config):
@@ -361,16 +579,9 @@ def load_config(source: Config | Mapping[str, Any] | str | os.PathLike) -> Confi
     if isinstance(source, Mapping):
         return config_from_dict(source)
     path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+    data = read_config_file(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot parse config ({e})".replace("\n", " ")) from None
-    try:
-        return config_from_dict(data if data is not None else {})
+        return config_from_dict(data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
 

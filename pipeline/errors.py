@@ -16,7 +16,8 @@ class SourceError(PipelineError):
 
 
 class EndpointError(PipelineError, OSError):
-    """A ZeroMQ endpoint cannot be bound (in use, bad address); the message names it."""
+    """A ZeroMQ endpoint cannot be bound (in use, bad address), or its subscribers did not come in
+    time (outputs.zmq.wait_subscribers); the message names it."""
 
 
 class MessageError(PipelineError, ValueError):
@@ -33,3 +34,16 @@ class StageError(PipelineError):
             str(error) if isinstance(error, PipelineError) else f"{type(error).__name__}: {error}"
         )
         super().__init__(f"stage {stage!r} failed: {detail}")
+
+
+MESSAGE_LIMIT = 400  # characters of an error line: 5 rows of an 80-column terminal
+
+
+def one_line(text: object, limit: int = MESSAGE_LIMIT) -> str:
+    """text as one line (runs of whitespace -> one space) of at most `limit` characters; a longer
+    one keeps its start, which names the key or the thing that is wrong, and ends in "…"."""
+    s = str(text)
+    head = " ".join(s[: 4 * limit].split())  # never splits a huge text
+    if len(head) <= limit and len(s) <= 4 * limit:
+        return head
+    return head[: limit - 1].rstrip() + "…"

@@ -22,6 +22,7 @@ import zmq
 from glpn.hardware import thread_page_faults
 
 from . import messages
+from .config import MAX_INPUT_SIDE
 from .errors import MessageError
 from .stage import Stage
 
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 # glibc, the inference thread is in a secondary malloc arena (see glpn.hardware.tune_cpu_allocator).
 FAULT_WARN_PAGES = 8192  # 32 MiB of 4 KiB pages
 FAULT_WARMUP_BATCHES = 3  # the first batches fault in weights, workspaces and the heap itself
+# Model inputs preprocess makes (glpn.processing.input_size_for, config input sizes): sides are
+# multiples of this, at least this. Anything else only a foreign peer sends; GLPN refuses it.
+INPUT_DIVISOR = 32
 
 EngineFactory = Callable[[], Any]  # returns a callable (B, 3, h, w) float32 -> (B, h, w) metres
 
@@ -102,6 +106,11 @@ class InferenceStage(Stage):
                     if msg.kind == "eos":
                         eos.append(msg.stream)
                         break  # stop draining at an EOS: its stream's frames go first
+                    try:
+                        self._check(msg)
+                    except MessageError as e:
+                        self.malformed(e)  # dropped here, not in a batch with good frames
+                        continue
                     if not pending:
                         deadline = time.monotonic() + self.max_wait_ms / 1000
                     pending.append(msg)
@@ -119,6 +128,21 @@ class InferenceStage(Stage):
                 self.send(self.out, messages.encode(messages.eos_header(stream)), block=True)
                 self.metrics.sent += 1
                 ended.add(stream)
+
+    def _check(self, msg: messages.Message) -> None:
+        """MessageError unless the frame's pixels are an input this engine runs: (3, h, w)
+        float32, sides multiples of INPUT_DIVISOR, the engine's fixed size if it has one. An
+        engine error on a frame from a peer would end the run; a dropped frame ends nothing."""
+        pixels = msg.array("pixels", dtype="float32", ndim=3)
+        c, h, w = pixels.shape
+        fixed = getattr(self.engine, "input_size", None)
+        ok = c == 3 and h % INPUT_DIVISOR == 0 and w % INPUT_DIVISOR == 0
+        if not ok or max(h, w) > MAX_INPUT_SIDE or (fixed and (h, w) != tuple(fixed)):
+            raise MessageError(
+                f"pixels of shape {pixels.shape} are not a model input (3, h, w) with h and w "
+                f"multiples of {INPUT_DIVISOR} up to {MAX_INPUT_SIDE}"
+                + (f", {fixed[0]}x{fixed[1]} for this engine" if fixed else "")
+            )
 
     def _grant(self) -> None:
         if self.owed:
@@ -145,24 +169,19 @@ class InferenceStage(Stage):
 
     def _run_next(self, frames: list[messages.Message]) -> int:
         """Run the first batch (consecutive same-size frames, <= max_batch); returns its size."""
-        shape = frames[0].arrays.get("pixels", np.empty(0)).shape
+        shape = frames[0].arrays["pixels"].shape
         end = 1
         while (
             end < len(frames)
             and end < self.max_batch
-            and frames[end].arrays.get("pixels", np.empty(0)).shape == shape
+            and frames[end].arrays["pixels"].shape == shape
         ):
             end += 1
         self._run_batch(frames[:end])
         return end
 
     def _run_batch(self, frames: list[messages.Message]) -> None:
-        try:
-            pixels = [m.array("pixels", dtype="float32", ndim=3) for m in frames]
-        except MessageError as e:  # only a foreign peer could send this
-            for _ in frames:
-                self.malformed(e)
-            return
+        pixels = [m.arrays["pixels"] for m in frames]  # checked when received
         n = len(pixels)
         # (B, 3, h, w); a single frame goes as a view of its message (engines only read it).
         # Engines built for fixed batch sizes pad partial batches themselves (glpn.engine does).

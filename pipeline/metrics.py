@@ -40,6 +40,7 @@ class StageMetrics:
         self.backlog = 0  # items held inside the stage (batch being formed, newest-frame slots)
         self.cpu_s: float | None = None  # CPU seconds of the stage thread, when it has ended
         self.events: Counter[str] = Counter()  # other notable things (reconnects, ...)
+        self.gauges: dict[str, int] = {}  # levels, not counts (subscribers now, their peak)
         self._lock = threading.Lock()
         self._latency: deque[float] = deque(maxlen=window)  # ms of work per item
         self._e2e: deque[float] = deque(maxlen=window)  # ms from capture to this stage (sinks)
@@ -76,6 +77,7 @@ class StageMetrics:
             wait = list(self._wait)
             t0, t1 = self._t_first, self._t_last
         drops, events = dict(self.drops), dict(self.events)  # copies: the stage keeps counting
+        gauges = dict(self.gauges)
         span = (t1 - t0) if t0 is not None and t1 is not None else 0.0
         out: dict[str, Any] = {
             "received": self.received,
@@ -96,4 +98,6 @@ class StageMetrics:
             out["e2e_ms"] = percentiles(e2e)
         if events:
             out["events"] = events
+        if gauges:
+            out["gauges"] = gauges
         return out

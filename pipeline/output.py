@@ -1,4 +1,8 @@
-"""Sink stage: hands every finished frame to all configured sinks and to the Python API."""
+"""Sink stage: hands every finished frame to all configured sinks and to the Python API.
+
+With `outputs.zmq.wait_subscribers: N`, nothing goes out until N subscribers are connected (see
+SinkStage._await_subscribers).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +29,10 @@ from .stage import Stage
 
 log = logging.getLogger(__name__)
 
+# Subscriptions are topic prefixes, depth/<stream id>/ (tens of bytes): the publishing socket
+# disconnects a peer that sends a longer message.
+MAX_SUBSCRIPTION_BYTES = 4096
+
 
 class SinkStage(Stage):
     def __init__(
@@ -48,6 +56,7 @@ class SinkStage(Stage):
         self.request_stop = request_stop
         self.hwm = hwm
         self.sinks: list[Sink] = []
+        self.publisher: PublishSink | None = None
         self.delivered: dict[str, int] = {s: 0 for s in self.streams}
 
     def setup(self) -> None:
@@ -59,13 +68,16 @@ class SinkStage(Stage):
             )
         out = self.outputs
         if out.zmq is not None:
-            pub = self.socket(zmq.PUB, hwm=out.zmq.hwm)
+            pub = self.socket(zmq.XPUB, hwm=out.zmq.hwm, max_part_bytes=MAX_SUBSCRIPTION_BYTES)
+            pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # subscriptions are counted (PublishSink)
             try:
                 pub.bind(out.zmq.endpoint)
             except zmq.ZMQError as e:
                 raise EndpointError(f"outputs.zmq: cannot bind {out.zmq.endpoint}: {e}") from None
             self.bound["publish"] = pub.getsockopt_string(zmq.LAST_ENDPOINT)
-            self.sinks.append(PublishSink(pub, publish_view=out.zmq.publish_view))
+            self.publisher = PublishSink(pub, publish_view=out.zmq.publish_view)
+            self.sinks.append(self.publisher)
+            self._count_subscribers()
         if out.files is not None:
             self.sinks.append(FileSink(out.files))
         if out.video is not None:
@@ -79,6 +91,10 @@ class SinkStage(Stage):
         if self.callback is not None:
             self.sinks.append(CallbackSink(self.callback))
 
+    def files(self) -> dict[str, str]:
+        """Every complete file or folder the sinks wrote: label -> path (for the summary)."""
+        return {label: path for sink in self.sinks for label, path in sink.files().items()}
+
     def teardown(self) -> None:
         errors = []
         for sink in self.sinks:  # every sink gets closed, even if one fails
@@ -87,14 +103,19 @@ class SinkStage(Stage):
             except Exception as e:
                 errors.append(e)
                 log.error("sink %s: close failed: %s", type(sink).__name__, e)
+        self._count_subscribers()
         if errors:
             raise errors[0]
 
     def loop(self) -> None:
         ended: set[str] = set()
         streams = set(self.streams)
+        waiting = self.publisher is not None and self.outputs.zmq.wait_subscribers > 0
         while ended != streams:
             self.poll([(self.inp, zmq.POLLIN)])
+            if waiting:  # the first message is here: it goes out once the subscribers are
+                self._await_subscribers()
+                waiting = False
             for msg in self.incoming(self.inp, streams):
                 if msg.kind == "eos":
                     for sink in self.sinks:
@@ -105,9 +126,39 @@ class SinkStage(Stage):
                 else:
                     self._deliver(msg)
 
+    def _await_subscribers(self) -> None:
+        """Wait until `outputs.zmq.wait_subscribers` subscribers are connected (their
+        subscriptions in effect: they get every frame from the first), polling the publishing
+        socket for subscriptions and the control socket for a stop. Meanwhile nothing is read:
+        lossless sources wait (full queues push back), live ones drop frames as usual. EndpointError
+        (exit code 5) when they are not there within `wait_timeout_s`."""
+        cfg, pub = self.outputs.zmq, self.publisher
+        deadline = time.monotonic() + cfg.wait_timeout_s
+        while pub.update() < cfg.wait_subscribers:
+            self._count_subscribers()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise EndpointError(
+                    f"outputs.zmq: {pub.subscribers} of {cfg.wait_subscribers} subscribers "
+                    f"connected to {self.bound['publish']} within {cfg.wait_timeout_s:g} s "
+                    "(outputs.zmq.wait_subscribers)"
+                )
+            self.poll([(pub.sock, zmq.POLLIN)], left * 1000)
+        self._count_subscribers()
+        log.info("outputs.zmq: %d subscriber(s) connected; sending", pub.subscribers)
+
+    def _count_subscribers(self) -> None:
+        if self.publisher is not None:
+            self.metrics.gauges["subscribers"] = self.publisher.subscribers
+            self.metrics.gauges["subscribers_peak"] = self.publisher.peak
+
     def _deliver(self, msg: messages.Message) -> None:
-        if "depth" not in msg.arrays:
-            self.malformed(MessageError("frame without a 'depth' array"))
+        try:  # what the sinks rely on; only a foreign peer sends anything else
+            msg.array("depth", dtype="float32", ndim=2)
+            if "view" in msg.arrays and msg.array("view", dtype="uint8", ndim=3).shape[2] != 3:
+                raise MessageError(f"view of shape {msg.arrays['view'].shape} is not (H, W, 3)")
+        except MessageError as e:
+            self.malformed(e)
             return
         t0 = time.monotonic()
         header = messages.stamp(msg.header, "sink", t0, t0)  # the wait before the sinks
@@ -127,5 +178,6 @@ class SinkStage(Stage):
             if not self.send(self.results, messages.encode(header, arrays), block=not live):
                 self.metrics.drop("results_full")
         self.delivered[result.stream] += 1
+        self._count_subscribers()
         self.metrics.record((time.monotonic() - t0) * 1000)
         self.metrics.sent += 1

@@ -72,6 +72,8 @@ class PostprocessStage(Stage):
             view = colorize(depth, view_range, self.config.colormap)
             if self.config.side_by_side:
                 image = msg.array("image", dtype="uint8", ndim=3)
+                if image.shape[2] != 3:
+                    raise MessageError(f"image of shape {image.shape} is not (H, W, 3) BGR")
                 view = side_by_side(image, view)
             arrays["view"] = view
         t1 = time.monotonic()

@@ -22,6 +22,7 @@ import zmq
 from glpn.processing import input_size_for, prepare_frames
 
 from . import messages
+from .config import MAX_INPUT_SIDE
 from .errors import MessageError
 from .stage import Stage
 
@@ -134,18 +135,28 @@ class PreprocessStage(Stage):
         else:
             self.fifo.append(self._prepare(msg))
 
-    @staticmethod
-    def _check(msg: messages.Message) -> None:
+    def _input_size(self, msg: messages.Message) -> tuple[int, int]:
+        """The model input (h, w) of a frame: its stream's, or its own size rounded to /32."""
+        return self.input_sizes[msg.stream] or input_size_for(*msg.header["source_shape"])
+
+    def _check(self, msg: messages.Message) -> None:
+        """MessageError unless the frame is an image of its declared size whose model input the
+        inference stage takes (it drops larger ones): nothing is converted only to be dropped."""
         image = msg.array("image", dtype="uint8", ndim=3)
         h, w = msg.header["source_shape"]
         if image.shape != (h, w, 3):
             raise MessageError(f"image shape {image.shape} does not match source_shape {[h, w]}")
+        ih, iw = self._input_size(msg)
+        if max(ih, iw) > MAX_INPUT_SIDE or 3 * ih * iw * 4 > self.max_message_bytes:
+            raise MessageError(
+                f"a {h}x{w} frame makes a {ih}x{iw} model input: over {MAX_INPUT_SIDE} a side, "
+                "or larger than transport.max_message_bytes (set model.input_size)"
+            )
 
     def _prepare(self, msg: messages.Message) -> messages.Message:
         t0 = time.monotonic()
         image = msg.arrays["image"]
-        h, w = msg.header["source_shape"]
-        size = self.input_sizes[msg.stream] or input_size_for(h, w)
+        size = self._input_size(msg)
         # (3, h, w) float32 RGB in [0, 1], the same numbers as GLPNImageProcessor
         pixels = np.asarray(prepare_frames([messages.writable(image)], size, bgr=True)[0])
         t1 = time.monotonic()

@@ -26,10 +26,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from glpn.fileio import pid_temp_dir
 from glpn.hardware import tune_cpu_allocator
 
 from . import messages
@@ -43,6 +44,10 @@ from .postprocess import PostprocessStage
 from .preprocess import PreprocessStage
 from .results import DepthResult
 from .sources import check_source, resolve_kind, resolve_mode
+
+if TYPE_CHECKING:
+    from torch import nn
+
 from .stage import STOP, Stage
 from .summary import Summary
 
@@ -55,10 +60,13 @@ class _StartAborted(Exception):
     """stop() (or a signal) arrived while the stages were starting."""
 
 
-def default_engine_factory(config: Config) -> EngineFactory:
-    """Builds glpn.engine.load(...) from config.model (called inside the inference thread)."""
+def default_engine_factory(config: Config, model: nn.Module | None = None) -> EngineFactory:
+    """Builds the engine of config.model (called inside the inference thread): from the
+    checkpoint (glpn.engine.load), or from `model`, a GLPN already in memory
+    (glpn.engine.from_model: the demo's random weights are never written to disk)."""
+    weights = model
     model = config.model
-    if not model.checkpoint:
+    if weights is None and not model.checkpoint:
         raise ConfigError("config: model.checkpoint is required (or pass engine_factory)")
     # A fixed input size lets backends compile for it; only when every stream uses the same one.
     sizes = {s.input_size or model.input_size for s in config.sources}
@@ -68,14 +76,16 @@ def default_engine_factory(config: Config) -> EngineFactory:
     def build():
         from glpn import engine
 
-        return engine.load(
-            model.checkpoint,
+        options = dict(
             backend=model.backend,
             precision=model.precision,
             device=model.device,
             input_size=input_size,
             batch_sizes=batch_sizes,
         )
+        if weights is not None:
+            return engine.from_model(weights, **options)
+        return engine.load(model.checkpoint, **options)
 
     return build
 
@@ -128,7 +138,7 @@ class Pipeline:
             if t.ipc_dir:
                 return f"ipc://{os.path.join(t.ipc_dir, f'ds-{self._uid}-{name}')}"
             if self._ipc_dir is None:
-                self._ipc_dir = tempfile.TemporaryDirectory(prefix="depthstream-")
+                self._ipc_dir = pid_temp_dir("depthstream-ipc-")
             return f"ipc://{os.path.join(self._ipc_dir.name, name)}"
         return f"tcp://{t.host}:*"  # a free port; the bound endpoint is read back after setup
 
@@ -437,6 +447,8 @@ class Pipeline:
         sock = self._context.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.config.transport.hwm)
+        max_bytes = self.config.transport.max_message_bytes
+        sock.setsockopt(zmq.MAXMSGSIZE, max(max_bytes, messages.MAX_HEADER_BYTES))
         sock.connect(self.endpoints["results"])
         ended: set[str] = set()
         completed = False
@@ -453,7 +465,7 @@ class Pipeline:
                 parts = sock.recv_multipart(copy=False)
                 last = time.monotonic()
                 try:
-                    msg = messages.decode(parts)
+                    msg = messages.decode(parts, max_bytes=max_bytes)
                 except MessageError as e:  # only our own sink writes here; be safe anyway
                     log.error("results: dropped malformed message: %s", e)
                     continue
@@ -512,6 +524,7 @@ class Pipeline:
             e2e_ms=e2e,
             engine=infer.description if infer else "",
             error=str(StageError(*self._failure)) if self._failure else None,
+            outputs=sink.files() if sink else {},
         )
 
     def _report(self) -> None:

@@ -8,6 +8,7 @@ half-written file under a final name (and never corrupts one from an earlier run
 from __future__ import annotations
 
 import atexit
+import contextlib
 import ctypes
 import io
 import logging
@@ -16,10 +17,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import zmq
+
+from glpn.fileio import atomic_write, remove_stale_tmp
 
 from . import messages
 from .config import FilesSinkConfig, VideoSinkConfig, WindowSinkConfig
@@ -28,18 +32,6 @@ from .results import DepthResult
 log = logging.getLogger(__name__)
 
 PNG_SCALE = 256.0  # KITTI convention: uint16 value = depth in metres * 256; 0 = no depth
-
-
-def topic(stream: str) -> bytes:
-    """PUB topic of a stream; subscribe to it to receive only that stream (b"" for all)."""
-    return f"depth/{stream}/".encode()
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def depth_to_png16(depth: np.ndarray) -> np.ndarray:
@@ -58,9 +50,13 @@ class Sink:
     def close(self) -> None:
         """Release everything; called once, on every exit path."""
 
+    def files(self) -> dict[str, str]:
+        """What this sink has written so far that is complete: label -> file or folder."""
+        return {}
+
 
 class PublishSink(Sink):
-    """Depth (and optionally the view) on a PUB socket, topic depth/<stream>/; never blocks.
+    """Depth (and optionally the view) on an XPUB socket, topic depth/<stream>/; never blocks.
 
     When a stream ends (a file finished, `max_frames` reached), an end-of-stream message follows
     its last frame on the same topic: ``[topic, {"v": 1, "kind": "eos", "stream": ID,
@@ -68,53 +64,94 @@ class PublishSink(Sink):
     semantics apply to it as to frames: a subscriber that connected later, or fell so far behind
     that it loses frames, can lose it too. A pipeline that is stopped (Ctrl-C, q, an error) sends
     none for the streams it cut short.
+
+    Subscribers are counted from the subscriptions that reach the socket (XPUB with
+    XPUB_VERBOSER: every subscribe, and an unsubscribe for each when a subscriber leaves); a
+    subscriber is counted once its subscription is in effect, so it receives every frame sent
+    after that. A subscriber to several streams counts once per stream. What a subscriber loses
+    when it falls more than the high-water mark behind cannot be known here (ZeroMQ drops it
+    silently, per subscriber, and sending never fails): `DepthSubscriber.lost` counts it there.
     """
 
     def __init__(self, sock: zmq.Socket, *, publish_view: bool) -> None:
-        self.sock = sock
+        self.sock = sock  # XPUB, XPUB_VERBOSER set
         self.publish_view = publish_view
-        self.dropped = 0
+        self.subscribers = 0  # subscriptions in effect now
+        self.peak = 0  # the most at any time
+
+    def update(self) -> int:
+        """Take the subscription messages waiting on the socket; returns `subscribers`."""
+        while True:
+            try:
+                msg = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return self.subscribers
+            if msg[:1] == b"\x01":
+                self.subscribers += 1
+                self.peak = max(self.peak, self.subscribers)
+            elif msg[:1] == b"\x00":  # a foreign peer may unsubscribe what it never subscribed
+                self.subscribers = max(0, self.subscribers - 1)
 
     def write(self, result: DepthResult) -> None:
         arrays = {"depth": result.depth}
         if self.publish_view and result.view is not None:
             arrays["view"] = result.view
-        self._send(messages.encode(result.header, arrays, topic=topic(result.stream)))
+        self._send(result.stream, result.header, arrays)
 
     def end_stream(self, stream: str) -> None:
-        self._send(messages.encode(messages.eos_header(stream), topic=topic(stream)))
+        self._send(stream, messages.eos_header(stream), {})
 
-    def _send(self, parts: list) -> None:
-        try:
-            self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-        except zmq.Again:
-            self.dropped += 1
+    def _send(self, stream: str, header: dict, arrays: dict) -> None:
+        self.update()
+        parts = messages.encode(header, arrays, topic=messages.stream_topic(stream))
+        # XPUB, like PUB, never blocks and never fails at the high-water mark: a subscriber whose
+        # queue is full misses the message.
+        self.sock.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+
+    def close(self) -> None:
+        self.update()  # the subscribers at the end (the stage closes the socket)
 
 
 class FileSink(Sink):
-    """DIR/<stream>/<index:06d>.npy (float32 metres) and .png (uint16 depth * 256)."""
+    """DIR/<stream>/<index:06d>.npy (float32 metres) and .png (uint16 depth * 256); DIR/<index>
+    with the flat layout. A file that cannot be written (a full disk) is an error naming it."""
 
     def __init__(self, config: FilesSinkConfig) -> None:
         self.config = config
         self._dirs: set[str] = set()
+        self._streams: dict[str, str] = {}  # stream -> its folder, once a file is in it
         self.written = 0
 
     def write(self, result: DepthResult) -> None:
-        folder = os.path.join(self.config.directory, result.stream)
+        folder = self.config.folder(result.stream)
         if folder not in self._dirs:
-            os.makedirs(folder, exist_ok=True)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise OSError(f"cannot create {folder}: {e.strerror or e}") from None
+            remove_stale_tmp(folder)  # left by a run that was killed while writing
             self._dirs.add(folder)
         base = os.path.join(folder, f"{result.index:06d}")
         if self.config.npy:
             buf = io.BytesIO()
             np.save(buf, np.asarray(result.depth, dtype=np.float32), allow_pickle=False)
-            _atomic_write(base + ".npy", buf.getvalue())
+            atomic_write(base + ".npy", buf.getvalue())
         if self.config.png:
             ok, png = cv2.imencode(".png", depth_to_png16(result.depth))
             if not ok:
                 raise OSError(f"cannot encode {base}.png")
-            _atomic_write(base + ".png", png.tobytes())
+            atomic_write(base + ".png", png.tobytes())
         self.written += 1
+        self._streams.setdefault(result.stream, folder)
+
+    def files(self) -> dict[str, str]:
+        c = self.config
+        kinds = " + ".join(k for k, on in (("npy", c.npy), ("png16", c.png)) if on)
+        flat = c.layout == "flat"
+        return {
+            f"depth files ({kinds})" + ("" if flat else f", {s}"): os.path.join(folder, "")
+            for s, folder in self._streams.items()
+        }
 
 
 def video_path(template: str, stream: str, several: bool) -> str:
@@ -127,63 +164,124 @@ def video_path(template: str, stream: str, several: bool) -> str:
     return template
 
 
+@dataclass
+class _Video:
+    """One stream's video while it is written."""
+
+    writer: cv2.VideoWriter
+    partial: str  # written here, renamed to `path` once it plays to its last frame
+    path: str
+    size: tuple[int, int]  # (w, h): every frame is resized to the first one's size
+    frames: int = 0
+
+
 class VideoSink(Sink):
     """Colourised view to a video per stream: MJPG in .avi or mp4v in .mp4 (OpenCV can encode).
 
     Written as NAME.partial.EXT and renamed when closed, so the final name is always a complete
-    file.
+    file. OpenCV's writer reports no write errors (a full disk gives a truncated file and no
+    error), so the sink checks for itself: it stops with an error naming the file as soon as the
+    disk is full, and on closing it renames a video only once it opens and plays to its last
+    frame; one that does not is removed and is an error.
     """
 
     FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}
+    MIN_FREE_BYTES = 64 * 1024  # less free space than this after a frame: the disk is full
 
     def __init__(self, config: VideoSinkConfig, streams: Sequence[str]) -> None:
         self.config = config
         self.several = len(streams) > 1
-        self._writers: dict[str, tuple[cv2.VideoWriter, str, str, tuple[int, int]]] = {}
+        self._videos: dict[str, _Video] = {}
         self.frames: dict[str, int] = {}
-        self.paths: dict[str, str] = {}
+        self.paths: dict[str, str] = {}  # stream -> its complete video (only once it is one)
 
     def write(self, result: DepthResult) -> None:
         view = result.view
         if view is None:
             return
-        entry = self._writers.get(result.stream)
-        if entry is None:
-            entry = self._open(result, view)
-        writer, _, _, (w, h) = entry
+        video = self._videos.get(result.stream) or self._open(result, view)
+        w, h = video.size
         if view.shape[:2] != (h, w):  # size must not change within a video
             view = cv2.resize(view, (w, h), interpolation=cv2.INTER_AREA)
-        writer.write(np.ascontiguousarray(view))
-        self.frames[result.stream] = self.frames.get(result.stream, 0) + 1
+        video.writer.write(np.ascontiguousarray(view))
+        video.frames += 1
+        self.frames[result.stream] = video.frames
+        if _free_bytes(video.partial) < self.MIN_FREE_BYTES:
+            self._videos.pop(result.stream)
+            self._fail(video, "no space left on device")
 
-    def _open(self, result: DepthResult, view: np.ndarray):
+    def _open(self, result: DepthResult, view: np.ndarray) -> _Video:
         path = video_path(self.config.path, result.stream, self.several)
         root, ext = os.path.splitext(path)
-        partial = f"{root}.partial{ext}"
         fps = self.config.fps or result.header.get("fps") or 30.0
         h, w = view.shape[:2]
         folder = os.path.dirname(path)
         if folder:
             os.makedirs(folder, exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[ext.lower()])
-        writer = cv2.VideoWriter(partial, fourcc, float(fps), (w, h))
-        if not writer.isOpened():
+        video = _Video(None, f"{root}.partial{ext}", path, (w, h))  # type: ignore[arg-type]
+        video.writer = cv2.VideoWriter(video.partial, fourcc, float(fps), (w, h))
+        if not video.writer.isOpened():
             raise OSError(f"cannot write video {path} ({self.FOURCC[ext.lower()]}, {w}x{h})")
-        entry = (writer, partial, path, (w, h))
-        self._writers[result.stream] = entry
-        self.paths[result.stream] = path
-        return entry
+        self._videos[result.stream] = video
+        return video
 
     def end_stream(self, stream: str) -> None:
-        entry = self._writers.pop(stream, None)
-        if entry is not None:
-            writer, partial, path, _ = entry
-            writer.release()
-            os.replace(partial, path)
+        video = self._videos.pop(stream, None)
+        if video is None:
+            return
+        video.writer.release()
+        if _plays_to_last_frame(video.partial, video.frames):
+            os.replace(video.partial, video.path)
+            self.paths[stream] = video.path
+            return
+        full = _free_bytes(video.partial) < self.MIN_FREE_BYTES
+        self._fail(video, "no space left on device" if full else "the file does not play back")
+
+    def _fail(self, video: _Video, cause: str) -> None:
+        """Remove the unusable partial video and raise the error that names it."""
+        video.writer.release()
+        with contextlib.suppress(OSError):
+            os.remove(video.partial)
+        raise OSError(
+            f"cannot write video {video.path}: {cause} after {video.frames} frames "
+            "(the incomplete file was removed)"
+        )
+
+    def files(self) -> dict[str, str]:
+        return {f"video, {stream}": path for stream, path in self.paths.items()}
 
     def close(self) -> None:
-        for stream in list(self._writers):
-            self.end_stream(stream)
+        errors = []
+        for stream in list(self._videos):  # every video is closed, even if one fails
+            try:
+                self.end_stream(stream)
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+
+def _free_bytes(path: str) -> int:
+    """Space left for this process on the filesystem holding `path`."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return 1 << 62  # unknown: the check on closing still applies
+    return st.f_bavail * st.f_frsize
+
+
+def _plays_to_last_frame(path: str, frames: int) -> bool:
+    """Whether `path` opens, says it holds `frames` frames, and its last frame decodes."""
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    try:
+        if not cap.isOpened() or int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) < frames:
+            return False
+        cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
+        ok, _ = cap.read()
+        return ok
+    finally:
+        cap.release()
 
 
 def display_available() -> bool:

@@ -1,14 +1,23 @@
 """Frame sources: cameras, video files, network streams (OpenCV FFmpeg), image dirs and globs.
 
 A reader yields BGR uint8 frames with their position in the source; it never invents frames: a
-failed read is the end (files) or a failure the capture stage reconnects from (live sources).
+failed read is the end (files) or a failure the capture stage reconnects from (live sources that
+have delivered). A source that cannot be opened is a SourceError saying why, in one line: OpenCV
+only says that it failed, and its own log lines for a missing camera are silenced.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,35 +99,9 @@ class VideoReader:
     def __init__(self, source: SourceConfig, kind: str) -> None:
         self.kind = kind
         self.uri = source.uri
-        if kind == "camera":
-            cap = cv2.VideoCapture(int(source.uri))
-            what = f"camera {source.uri}"
-            if cap.isOpened():
-                cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of old ones
-                if source.camera_size:
-                    cap.set(cv2.CAP_PROP_FRAME_HEIGHT, source.camera_size[0])
-                    cap.set(cv2.CAP_PROP_FRAME_WIDTH, source.camera_size[1])
-        elif kind == "url":
-            params = [
-                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(source.open_timeout_s * 1000),
-                cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(source.read_timeout_s * 1000),
-            ]  # fmt: skip
-            cap = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, params)
-            what = f"stream {source.uri}"
-        else:
-            path = _file_path(source.uri)
-            if not os.path.isfile(path):
-                raise SourceError(f"video file not found: {path}")
-            cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-            what = f"video file {path}"
-        if not cap.isOpened():
-            cap.release()
-            hint = (
-                " (not a video, or a codec OpenCV's FFmpeg cannot decode)" if kind == "file" else ""
-            )
-            raise SourceError(f"cannot open {what}{hint}")
+        opener = {"camera": _open_camera, "url": _open_url, "file": _open_file}[kind]
+        cap, self.what = opener(source)  # SourceError, saying why, if it does not open
         self.cap = cap
-        self.what = what
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
         count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
@@ -137,6 +120,145 @@ class VideoReader:
 
     def close(self) -> None:
         self.cap.release()
+
+
+def _open_camera(source: SourceConfig) -> tuple[cv2.VideoCapture, str]:
+    index = int(source.uri)
+    with _opencv_quiet():
+        cap = cv2.VideoCapture(index, _camera_backend())
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(f"cannot open camera {index} ({camera_failure(index)})")
+    cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a queue of old ones
+    if source.camera_size:
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, source.camera_size[0])
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, source.camera_size[1])
+    return cap, f"camera {index}"
+
+
+def _open_url(source: SourceConfig) -> tuple[cv2.VideoCapture, str]:
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(source.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(source.read_timeout_s * 1000),
+    ]  # fmt: skip
+    t0 = time.monotonic()
+    cap = cv2.VideoCapture(source.uri, cv2.CAP_FFMPEG, params)
+    if not cap.isOpened():
+        cap.release()
+        why = url_failure(
+            source.uri, elapsed_s=time.monotonic() - t0, timeout_s=source.open_timeout_s
+        )
+        raise SourceError(f"cannot open stream {source.uri}" + (f": {why}" if why else ""))
+    return cap, f"stream {source.uri}"
+
+
+def _open_file(source: SourceConfig) -> tuple[cv2.VideoCapture, str]:
+    path = _file_path(source.uri)
+    if not os.path.isfile(path):
+        raise SourceError(f"video file not found: {path}")
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise SourceError(
+            f"cannot open video file {path} (not a video, or a codec OpenCV's FFmpeg cannot decode)"
+        )
+    return cap, f"video file {path}"
+
+
+# ---- why an open failed (OpenCV only says that it did) ---------------------------------------
+
+_OPENCV_LOG = threading.Lock()  # the log level is global: one quiet section at a time
+
+
+@contextlib.contextmanager
+def _opencv_quiet() -> Iterator[None]:
+    """OpenCV's own log off meanwhile: for a camera that does not exist its backends print
+    "[ WARN..." / "[ERROR..." lines (on every attempt) that say less than our one error line."""
+    with _OPENCV_LOG:
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            yield
+        finally:
+            cv2.utils.logging.setLogLevel(level)
+
+
+def _camera_backend() -> int:
+    """V4L2 on Linux, where camera N is /dev/videoN. With CAP_ANY, an index V4L2 cannot open is
+    tried by every other camera backend too (GStreamer, FFmpeg, uEye, Orbbec's obsensor), each
+    with its own log lines. (A camera only a vendor SDK backend sees is not supported.)"""
+    if sys.platform.startswith("linux") and cv2.videoio_registry.hasBackend(cv2.CAP_V4L2):
+        return cv2.CAP_V4L2
+    return cv2.CAP_ANY
+
+
+def camera_failure(index: int) -> str:
+    """Why camera `index` did not open, as far as the system can tell."""
+    device = f"/dev/video{index}"
+    if not sys.platform.startswith("linux"):
+        return "no such camera, or it is in use"
+    if not os.path.exists(device):
+        return f"no such camera: {device} does not exist"
+    return f"{device} is in use, not a capture device, or not readable by this user"
+
+
+# scheme -> default port, for the stream protocols that run over TCP
+_TCP_PORTS = {"http": 80, "https": 443, "rtsp": 554, "rtsps": 322, "rtmp": 1935, "tcp": None}
+_REQUESTS = {  # what makes a server of that protocol answer (others speak first, or need TLS)
+    "http": "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n",
+    "rtsp": "OPTIONS {url} RTSP/1.0\r\nCSeq: 1\r\n\r\n",
+}
+
+
+def url_failure(uri: str, *, elapsed_s: float, timeout_s: float) -> str | None:
+    """Why FFmpeg could not open the stream at `uri`, after the fact, in a few words:
+
+    "timed out"            the open used its whole timeout: a server that accepts but never
+                           answers, a host that does not answer, a UDP port nobody sends to
+    "connection refused"   nothing listens at that host and port
+    "closed"               the server accepted the connection, then closed it without a word
+    "not a video (...)"    the server answered, with something FFmpeg cannot open (a web page, an
+                           error status: its status line is quoted)
+    "unknown host", or the system's words for another connection error.
+
+    Told apart by the open's duration and one plain-socket connection (for the TCP-based schemes
+    http, rtsp, tcp; https, rtsps, rtmp only up to the connection). None when it cannot tell.
+    """
+    if elapsed_s >= 0.9 * timeout_s:
+        return "timed out"
+    parts = urllib.parse.urlsplit(uri)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or _TCP_PORTS.get(scheme)
+    except ValueError:  # a port that is not a number
+        return None
+    if scheme not in _TCP_PORTS or not parts.hostname or port is None:
+        return None
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=min(timeout_s, 2.0)) as s:
+            if scheme in _REQUESTS:
+                path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                request = _REQUESTS[scheme].format(path=path, host=parts.netloc, url=uri)
+                s.sendall(request.encode("latin-1", "replace"))
+            elif scheme != "tcp":
+                return None  # connected; the TLS or RTMP handshake is FFmpeg's business
+            answer = s.recv(256)
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return "timed out"
+    except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+        return "closed"
+    except socket.gaierror:
+        return "unknown host"
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    if not answer:
+        return "closed"
+    status = answer.split(b"\r\n", 1)[0].decode("latin-1")
+    if status.startswith(("HTTP/", "RTSP/")):
+        return f"not a video (the server answered {status.strip()!r})"
+    return "not a video"
 
 
 class ImageReader:

@@ -126,10 +126,22 @@ class Stage:
         connect: str | Sequence[str] | None = None,
         hwm: int | None = None,
         role: str = "",
+        max_part_bytes: int | None = None,
     ) -> zmq.Socket:
+        """A socket of this stage, closed when the stage ends.
+
+        Every socket refuses message parts larger than `max_part_bytes` (default: the largest a
+        valid message may have, `max_message_bytes`) before they are received whole: ZeroMQ's
+        MAXMSGSIZE, checked as the part's length arrives. A tcp/ipc peer that sends one is
+        disconnected (it reconnects; the message is lost, uncounted). inproc ignores the option,
+        but there the sender is this process. `messages.decode` still bounds all parts together.
+        """
         sock = self.context.socket(kind)
         self._sockets.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
+        if max_part_bytes is None:
+            max_part_bytes = max(self.max_message_bytes, messages.MAX_HEADER_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, max_part_bytes)
         if hwm is not None:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)

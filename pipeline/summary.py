@@ -18,6 +18,7 @@ class Summary:
     e2e_ms: dict[str, float] = field(default_factory=dict)  # capture -> depth, p50/p95/max
     engine: str = ""  # engine.describe()
     error: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # what the sinks wrote: label -> path
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -28,6 +29,7 @@ class Summary:
             "e2e_ms": self.e2e_ms,
             "engine": self.engine,
             "error": self.error,
+            "outputs": self.outputs,
             "stages": self.stages,
         }
 
@@ -51,5 +53,13 @@ class Summary:
                 f"{name:<22}{s['processed']:>8}{s['fps']:>9.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
                 f"{lat['max']:>9.2f}{'-' if wait is None else f'{wait:.2f}':>10}"
                 f"{s.get('queue', 0):>7}{s['dropped']:>7}{s['malformed']:>5}"
+            )
+        gauges = self.stages.get("sink", {}).get("gauges", {})
+        if "subscribers" in gauges:
+            # A publisher cannot know what a subscriber missed: that is not in the drops above.
+            lines.append(
+                f"subscribers: {gauges['subscribers']} at the end, peak "
+                f"{gauges.get('subscribers_peak', 0)} (frames a subscriber missed are counted "
+                "there: DepthSubscriber.lost)"
             )
         return "\n".join(lines)

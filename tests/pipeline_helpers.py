@@ -23,7 +23,7 @@ import pytest
 import glpn.engine
 from glpn.processing import input_size_for, prepare_frames, resize_depth
 from glpn.synthetic import synthetic_image
-from pipeline import Pipeline, StageError
+from pipeline import Pipeline, SourceError, StageError
 
 
 def frame_at(i: int, height: int, width: int) -> np.ndarray:
@@ -338,27 +338,27 @@ def latency_bound_ms(summary, frame_period_ms: float) -> float:
     return 2 * model + 2 * frame_period_ms + 250
 
 
-def assert_gives_up(url: str, checkpoint: str, caplog, open_timeout_s: float) -> float:
-    """A live source at `url` that never delivers: the pipeline fails after its 2 reconnect
-    attempts (one warning each) with no threads left; returns how long that took (s)."""
+def assert_fails_at_once(
+    url: str, checkpoint: str, caplog, open_timeout_s: float, failure: str
+) -> float:
+    """A live source at `url` that never opened: the pipeline fails with one SourceError saying
+    why (`failure`), without a reconnect attempt (backoff is for sources that worked), and leaves
+    no threads; returns how long that took (s)."""
     caplog.set_level(logging.WARNING, logger="pipeline")
     cfg = {
-        "sources": [
-            {
-                "uri": url,
-                "id": "gone",
-                "open_timeout_s": open_timeout_s,
-                "reconnect": {"max_attempts": 2, "initial_delay_s": 0.05},
-            }
-        ],
+        "sources": [{"uri": url, "id": "gone", "open_timeout_s": open_timeout_s}],
         "model": {"checkpoint": checkpoint},
         "metrics": {"interval_s": 0},
     }
     pipe = Pipeline(cfg, engine_factory=lambda: load_engine(checkpoint))
     t0 = time.monotonic()
-    with pytest.raises(StageError, match=f"gave up on {url} after 2 reconnect attempts"):
+    expected = f"source gone: cannot open stream {url}: {failure}"
+    with pytest.raises(StageError, match=re.escape(expected)) as info:
         pipe.run()
     elapsed = time.monotonic() - t0
-    assert len([m for m in caplog.messages if "reconnecting in" in m]) == 2
+    assert isinstance(info.value.error, SourceError)
+    assert not [m for m in caplog.messages if "reconnecting in" in m]
+    events = pipe.summary().stages["capture:gone"].get("events", {})
+    assert events.get("reconnect_attempts", 0) == 0
     assert depthstream_threads() == []
     return elapsed

@@ -12,7 +12,7 @@ from glpn import GLPNDepth
 from glpn.backends import Runner
 from glpn.engine import Candidate, Engine, EngineError, from_model, load
 from glpn.hardware import CpuFeatures
-from glpn.metrics import Gate
+from glpn.metrics import Gate, depth_error
 
 SIZE = (64, 96)
 PLAIN_CPU = CpuFeatures("test CPU without bf16", frozenset({"avx2"}))
@@ -46,12 +46,29 @@ def _reference(model: GLPNDepth, x: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(x)).numpy()
 
 
-def test_load_contract(tiny_checkpoint, model):
+def _assert_matches_reference(engine: Engine, depth: np.ndarray, ref: np.ndarray) -> None:
+    """Each precision held to its own tolerance: fp32 agrees to 1e-4, a reduced precision (which
+    auto picks on CPUs with native bf16) only has to meet the accuracy gate it was chosen by."""
+    if engine.precision == "fp32":
+        np.testing.assert_allclose(depth, ref, rtol=1e-4, atol=1e-4)
+    else:
+        passed, reason = Gate().check(depth_error(depth, ref))
+        assert passed, f"{engine.precision}: {reason}"
+
+
+@pytest.mark.parametrize("cpu", ["this CPU", "CPU without bf16"])
+def test_load_contract(tiny_checkpoint, model, cpu, cpu_is):
+    """load() with precision auto, on whatever CPU runs the suite (AVX2-only, AVX-512 BF16, AMX)
+    and on one made to look plain: auto's choice is checked at its own precision."""
+    if cpu != "this CPU":
+        cpu_is(PLAIN_CPU)
     engine = load(tiny_checkpoint, device="cpu", input_size=SIZE, batch_sizes=(1, 2))
+    if cpu != "this CPU" or not engine_mod.cpu_features().native_bf16:
+        assert engine.precision == "fp32"  # nothing else is fast on a CPU without native bf16
     x = _frames(2)
     depth = engine(x)
     assert isinstance(depth, np.ndarray) and depth.dtype == np.float32 and depth.shape == (2, *SIZE)
-    np.testing.assert_allclose(depth, _reference(model, x), rtol=1e-4, atol=1e-4)
+    _assert_matches_reference(engine, depth, _reference(model, x))
     np.testing.assert_array_equal(engine(torch.from_numpy(x)), depth)  # tensors work too
     frozen = x.copy()
     frozen.setflags(write=False)  # e.g. a view of a ZeroMQ message
@@ -60,7 +77,7 @@ def test_load_contract(tiny_checkpoint, model):
         np.testing.assert_array_equal(engine(frozen), depth)
     assert engine.max_depth == 10.0 and engine.device == "cpu" and engine.input_size == SIZE
     text = engine.describe()
-    for word in ("eager", "fp32", "cpu", "why:", "warm-up"):
+    for word in ("eager", engine.precision, "cpu", "why:", "warm-up"):
         assert word in text
 
 

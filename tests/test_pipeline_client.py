@@ -21,7 +21,7 @@ from pipeline_helpers import (
 )
 
 from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
-from pipeline.sinks import topic
+from pipeline.messages import stream_topic as topic
 
 
 def eos_message(stream):

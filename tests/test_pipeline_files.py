@@ -17,6 +17,7 @@ from pipeline_helpers import (
     write_video,
     write_video_ffv1,
 )
+from system_tools import require_ffmpeg
 
 from pipeline import Pipeline
 from pipeline.sinks import depth_to_png16, video_path
@@ -33,9 +34,15 @@ def media(tmp_path_factory):
     return {
         "mjpg": write_video(str(d / "a.avi"), 10, 317, 241, "MJPG"),
         "mp4v": write_video(str(d / "b.mp4"), 7, 203, 149, "mp4v"),
-        "ffv1": write_video_ffv1(str(d / "c.mkv"), 6, 317, 241),  # stays 317x241
         "images": imgs,
     }
+
+
+@pytest.fixture(scope="module")
+def ffv1(tmp_path_factory) -> str:
+    """A lossless FFV1 video that stays 317x241 (written by the ffmpeg CLI: skips without it)."""
+    require_ffmpeg()
+    return write_video_ffv1(str(tmp_path_factory.mktemp("ffv1") / "c.mkv"), 6, 317, 241)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,9 @@ def reference_frames(media):
 
 
 def test_lossless_sources_exactly_once_in_order_and_equal_to_the_model(
-    media, engine, tiny_checkpoint, tmp_path
+    media, ffv1, engine, tiny_checkpoint, tmp_path
 ):
+    media = {**media, "ffv1": ffv1}
     out = tmp_path / "out"
     config = {
         "sources": [{"uri": media[k], "id": k} for k in ("mjpg", "mp4v", "ffv1", "images")],
@@ -133,15 +141,15 @@ def test_same_stage_code_over_ipc_and_tcp(media, engine, tiny_checkpoint, transp
     assert depthstream_threads() == []
 
 
-def test_fixed_input_size_and_side_by_side_view(media, engine, tiny_checkpoint):
+def test_fixed_input_size_and_side_by_side_view(ffv1, engine, tiny_checkpoint):
     config = {
-        "sources": [{"uri": media["ffv1"], "id": "c", "max_frames": 3}],
+        "sources": [{"uri": ffv1, "id": "c", "max_frames": 3}],
         "model": {"checkpoint": tiny_checkpoint, "input_size": [64, 96]},
         "postprocess": {"view": True, "side_by_side": True, "depth_range": [0, 10]},
         "metrics": {"interval_s": 0},
     }
     got = list(Pipeline(config, engine_factory=eager_factory(tiny_checkpoint)))
-    frames = read_video(media["ffv1"])[:3]
+    frames = read_video(ffv1)[:3]
     assert [r.index for r in got] == [0, 1, 2]  # max_frames ends the source
     for r, frame, ref in zip(got, frames, reference_depth(engine, frames, (64, 96))):
         assert r.header["input_size"] == [64, 96]

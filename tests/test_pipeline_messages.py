@@ -78,10 +78,14 @@ def test_eos_needs_no_frame_fields():
     assert msg.kind == "eos" and msg.stream == "cam1" and msg.arrays == {}
 
 
-def test_topic_frame_is_skipped_when_asked():
-    parts = messages.encode(frame_header(), {"d": np.ones((2, 2), np.float32)}, topic=b"depth/x/")
-    assert parts[0] == b"depth/x/"
+def test_topic_frame_is_checked_and_skipped_when_asked():
+    topic = messages.stream_topic("cam0")
+    parts = messages.encode(frame_header(), {"d": np.ones((2, 2), np.float32)}, topic=topic)
+    assert parts[0] == b"depth/cam0/"
     assert messages.decode(parts, topic=True).arrays["d"].shape == (2, 2)
+    for wrong in (b"depth/cam1/", b"depth/cam0/x", b"depth/cam0", b"\xff\xfe", b""):
+        with pytest.raises(MessageError, match="topic"):  # another stream's, or not UTF-8
+            messages.decode([wrong, *parts[1:]], topic=True)
 
 
 def _header_bytes(header) -> bytes:
@@ -124,6 +128,47 @@ MALFORMED = {
     "more buffers than specs": [_header_bytes(_valid_header(SPEC)), BUF, BUF],
     "repeated array name": [_header_bytes(_valid_header(SPEC + SPEC)), BUF, BUF],
     "huge header": [_header_bytes({**_valid_header(SPEC), "pad": "x" * 70000}), BUF],
+    # What a hostile peer can make absurd (issue 9): each of these raised ValueError or
+    # OverflowError out of decode, or passed it and failed in a stage or a sink later.
+    "zero and 2**63 dims": [
+        _header_bytes(_valid_header([{**SPEC[0], "shape": [0, 2**63]}])),
+        b"",
+    ],
+    "zero dim": [_header_bytes(_valid_header([{**SPEC[0], "shape": [0, 3]}])), b""],
+    "400-digit t_mono": [_header_bytes({**_valid_header(SPEC), "t_mono": 10**400}), BUF],
+    "400-digit index": [_header_bytes({**_valid_header(SPEC), "index": 10**400}), BUF],
+    "index beyond int64": [_header_bytes({**_valid_header(SPEC), "index": 2**63}), BUF],
+    "400-digit number anywhere": [
+        _header_bytes({**_valid_header(SPEC), "position": {"frame": 10**400}}),
+        BUF,
+    ],
+    "1e400 (inf) anywhere": [
+        _header_bytes({**_valid_header(SPEC), "position": {"t": 1e300}}).replace(
+            b"1e+300", b"1e400"
+        ),
+        BUF,
+    ],
+    "NaN t_wall": [_header_bytes({**_valid_header(SPEC), "t_wall": float("nan")}), BUF],
+    "t_mono far beyond any clock": [_header_bytes({**_valid_header(SPEC), "t_mono": 1e300}), BUF],
+    "nested JSON": [b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}", BUF],
+    "source_shape 30000x30000": [
+        _header_bytes({**_valid_header(SPEC), "source_shape": [30000, 30000]}),
+        BUF,
+    ],
+    "source_shape of 2**28 pixels": [
+        _header_bytes({**_valid_header(SPEC), "source_shape": [16384, 16384]}),
+        BUF,
+    ],
+    "stream with a slash": [_header_bytes({**_valid_header(SPEC), "stream": "a/b"}), BUF],
+    "stream with a newline": [_header_bytes({**_valid_header(SPEC), "stream": "cam\n"}), BUF],
+    "t_last a string": [_header_bytes({**_valid_header(SPEC), "t_last": "now"}), BUF],
+    "stage_ms a list": [_header_bytes({**_valid_header(SPEC), "stage_ms": [1.0]}), BUF],
+    "stage_ms value a string": [
+        _header_bytes({**_valid_header(SPEC), "stage_ms": {"capture": "1"}}),
+        BUF,
+    ],
+    "negative fps": [_header_bytes({**_valid_header(SPEC), "fps": -5}), BUF],
+    "max_depth a string": [_header_bytes({**_valid_header(SPEC), "max_depth": "far"}), BUF],
 }
 
 
@@ -137,12 +182,35 @@ def test_valid_reference_for_the_malformed_cases_decodes():
     # The malformed cases are edits of this message; it must decode, or they prove nothing.
     msg = messages.decode([_header_bytes(_valid_header(SPEC)), BUF])
     assert msg.arrays["depth"].shape == (2, 3)
+    # and so does one with every optional field a stage reads, at the edges of their ranges
+    full = {
+        **_valid_header(SPEC),
+        "index": 2**63 - 1,
+        "t_mono": -1e9,
+        "fps": None,  # unknown frame rate
+        "t_last": 1e10,
+        "max_depth": 80.0,
+        "stage_ms": {"capture": 1.5},
+        "wait_ms": {},
+        "source_shape": [16384, 2048],
+        "position": {"frame": -3, "ms": 0.5},
+    }
+    assert messages.decode([_header_bytes(full), BUF]).header == full
 
 
 def test_size_limit():
-    parts = messages.encode(frame_header(), {"big": np.zeros(4096, np.uint8)})
+    header = frame_header(source_shape=[16, 64])  # its depth (4 bytes a pixel) fits 4096 too
+    parts = messages.encode(header, {"big": np.zeros(4096, np.uint8)})
     assert messages.decode(parts, max_bytes=4096).arrays["big"].size == 4096
     with pytest.raises(MessageError, match="limit"):
+        messages.decode(parts, max_bytes=4095)
+
+
+def test_a_source_size_whose_depth_exceeds_the_limit_is_refused():
+    """Postprocess resizes the depth to the declared source size: not beyond what can be sent."""
+    parts = messages.encode(frame_header(source_shape=[16, 64]), {"d": np.zeros(1, np.uint8)})
+    messages.decode(parts, max_bytes=4096)
+    with pytest.raises(MessageError, match="source_shape"):
         messages.decode(parts, max_bytes=4095)
 
 

@@ -8,32 +8,27 @@ test_pipeline_live.py.)
 from __future__ import annotations
 
 import logging
-import shutil
+import re
 import time
 
 import numpy as np
 import pytest
 from pipeline_helpers import (
-    RTSP_PACKAGES,
     StreamServer,
-    assert_gives_up,
+    assert_fails_at_once,
     depthstream_threads,
+    eager_factory,
     free_port,
     latency_bound_ms,
-    rtsp_server_python,
     slow_factory,
     total_drops,
     wait_until,
     write_video,
 )
+from system_tools import needs_ffmpeg, needs_rtsp
 
-from pipeline import Pipeline
+from pipeline import Pipeline, StageError
 
-needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg CLI")
-needs_rtsp = pytest.mark.skipif(
-    rtsp_server_python() is None,
-    reason=f"needs GStreamer's RTSP server for python3 (apt-get install {RTSP_PACKAGES})",
-)
 PROTOCOLS = [
     pytest.param("tcp", marks=needs_ffmpeg),
     pytest.param("udp", marks=needs_ffmpeg),
@@ -122,9 +117,50 @@ def test_stream_reaches_depth_with_bounded_latency_and_reconnects_after_server_r
 
 
 @needs_ffmpeg
-def test_silent_udp_port_gives_up_within_the_open_timeout(tiny_checkpoint, caplog):
-    """UDP has no connection to refuse: with no sender, only the open timeout ends each attempt."""
+def test_silent_udp_port_is_an_error_after_one_open_timeout(tiny_checkpoint, caplog):
+    """UDP has no connection to refuse: with no sender, only the open timeout ends the open."""
     url = f"udp://127.0.0.1:{free_port(udp=True)}"  # nothing sends there
-    elapsed = assert_gives_up(url, tiny_checkpoint, caplog, open_timeout_s=0.5)
-    # 3 opens of 0.5 s + 0.15 s of backoff (+ start-up); an open without a timeout never returns
-    assert 1.5 <= elapsed < 8, elapsed
+    elapsed = assert_fails_at_once(url, tiny_checkpoint, caplog, 1.0, "timed out")
+    # one open of 1 s (+ start-up), no reconnects; an open without a timeout never returns
+    assert 1.0 <= elapsed < 5, elapsed
+
+
+@needs_ffmpeg
+def test_stream_that_worked_then_went_away_gives_up_after_the_reconnect_attempts_saying_why(
+    clip, tiny_checkpoint, caplog
+):
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    server = StreamServer(clip, protocol="tcp").start()
+    cfg = {
+        "sources": [
+            {
+                "uri": server.url,
+                "id": "net",
+                "open_timeout_s": 3.0,
+                "read_timeout_s": 1.0,
+                "reconnect": {"max_attempts": 2, "initial_delay_s": 0.05},
+            }
+        ],
+        "model": {"checkpoint": tiny_checkpoint},
+        "metrics": {"interval_s": 0},
+    }
+    pipe = Pipeline(cfg, engine_factory=eager_factory(tiny_checkpoint))
+    got = 0
+    gave_up = (
+        f"gave up on {server.url} after 2 reconnect attempts "
+        f"(cannot open stream {server.url}: connection refused)"
+    )
+    try:
+        with pytest.raises(StageError, match=re.escape(gave_up)):
+            for _ in pipe.results(timeout=20):
+                got += 1
+                if got == 3:
+                    server.stop()  # for good: nothing listens on its port any more
+    finally:
+        server.stop()
+    assert got >= 3
+    events = pipe.summary().stages["capture:net"]["events"]
+    assert events["disconnects"] == 1 and events["reconnect_attempts"] == 2
+    assert events.get("reconnects", 0) == 0
+    assert len([m for m in caplog.messages if "reconnecting in" in m]) == 2
+    assert depthstream_threads() == []

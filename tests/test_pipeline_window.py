@@ -14,7 +14,6 @@ import json
 import os
 import re
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import cv2
 import numpy as np
 import pytest
 from pipeline_helpers import frame_at, load_engine, read_video, reference_depth
+from system_tools import needs_x
 
 from pipeline.colour import colorize
 
@@ -32,12 +32,6 @@ INPUT_SIZE = (224, 320)  # the model input of every run here
 HEIGHT, WIDTH = 120, 160  # the clip's frames
 FRAMES = 300  # paced at 25 fps: 12 s if q did not stop the run
 
-X_TOOLS = ("Xvfb", "xdotool", "xwininfo", "xdpyinfo")
-needs_x = pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in X_TOOLS),
-    reason="Xvfb, xdotool, xwininfo or xdpyinfo is not installed "
-    "(apt-get install xvfb xdotool x11-utils)",
-)
 
 
 @dataclass
