@@ -40,6 +40,16 @@ class Runner:
 
 
 BACKENDS = ("eager", "compile", "tensorrt", "onnxruntime")
+ALIASES = {"onnx": "onnxruntime", "compiled": "compile", "trt": "tensorrt"}  # accepted spellings
+
+
+def canonical_name(name: str) -> str:
+    """"auto", a backend's name, or an alias of one -> the name; ValueError listing the valid."""
+    name = ALIASES.get(name, name)
+    if name != "auto" and name not in BACKENDS:
+        valid = ", ".join(("auto", *BACKENDS, *ALIASES))
+        raise ValueError(f"backend {name!r} is unknown; valid: {valid}")
+    return name
 
 
 def build(name: str, model: torch.nn.Module, spec: BuildSpec) -> Runner:
