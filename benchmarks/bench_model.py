@@ -15,7 +15,7 @@ Rows:
 Weights: glpn.synthetic.spread_init_ (random, but the depth varies over most of 0..max_depth).
 Frames: glpn.synthetic.synthetic_image (structured: gradients, edges, texture); 352x1216 input comes
 from KITTI-sized 375x1242 frames, so pre/post-processing resizes.
-Gate: each row's depth against GLPNDepth fp32 eager on the same frames (glpn.metrics.GATE).
+Gate: each row's depth against GLPNDepth fp32 eager on the same frames (glpn.gate.GATE).
 Speedup: frames/s over (a)'s frames/s; "model" rows over (a)'s model-only time.
 Bound (CPU): the fused model's FLOPs per frame (torch.utils.flop_counter) over this machine's
 best fp32 matrix-multiply rate (a large torch.mm, the best any fp32 backend can do): the time no
@@ -40,16 +40,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from glpn import GLPNConfig, GLPNDepth
+from glpn.engine import EngineError, from_model
+from glpn.fused import InferenceGLPN
+from glpn.gate import GATE
+from glpn.hardware import cpu_features, gpu_description, package_version
+from glpn.metrics import depth_error
+from glpn.processing import prepare_frames, resize_depth
+from glpn.synthetic import synthetic_image
+from glpn.testing import parse_size as parse_hw
+from glpn.testing import random_checkpoint
 
-from glpn import GLPNConfig, GLPNDepth, GLPNForDepthEstimation  # noqa: E402
-from glpn.engine import EngineError, from_model  # noqa: E402
-from glpn.hardware import cpu_features, gpu_description, package_version  # noqa: E402
-from glpn.metrics import GATE, depth_error  # noqa: E402
-from glpn.processing import prepare_frames, resize_depth  # noqa: E402
-from glpn.synthetic import spread_init_, synthetic_image  # noqa: E402
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 @dataclass
@@ -71,9 +75,8 @@ class Row:
 def parse_size(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
     """'480x640' or '352x1216@375x1242' (input size @ frame size) -> ((h, w), (fh, fw))."""
     inp, _, frame = text.partition("@")
-    h, w = (int(v) for v in inp.lower().split("x"))
-    fh, fw = (int(v) for v in frame.lower().split("x")) if frame else (h, w)
-    return (h, w), (fh, fw)
+    size = parse_hw(inp)
+    return size, parse_hw(frame) if frame else size
 
 
 def timed(fn, iters: int, warmup: int, batch: int) -> tuple[float, float, float]:
@@ -90,14 +93,6 @@ def timed(fn, iters: int, warmup: int, batch: int) -> tuple[float, float, float]
     ms = sorted(t * 1e3 for t in times)
     p95 = ms[min(len(ms) - 1, int(round(0.95 * (len(ms) - 1))))]
     return batch * len(times) / sum(times), statistics.median(ms), p95
-
-
-def make_weights(config_name: str, directory: str) -> str:
-    torch.manual_seed(0)
-    model = spread_init_(GLPNForDepthEstimation(GLPNConfig.preset(config_name)), seed=0)
-    path = os.path.join(directory, config_name)
-    model.save_pretrained(path)
-    return path
 
 
 def transformers_baseline(ckpt: str, frames: list[np.ndarray], device: torch.device):
@@ -153,10 +148,6 @@ def fp32_peak_gflops(n: int = 3072, repeats: int = 5) -> float:
 
 def model_gflop(model: GLPNDepth, size: tuple[int, int]) -> float:
     """FLOPs of one frame through the fused model (what every backend runs), in GFLOP."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from glpn.fused import InferenceGLPN
-
     fused = InferenceGLPN(model).eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         fused(torch.rand(1, 3, *size))
@@ -249,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# gate: {GATE.describe()}")
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="bench-glpn-")
-    ckpts = {c: make_weights(c, tmp) for c in configs}
+    ckpts = {c: random_checkpoint(os.path.join(tmp, c), c) for c in configs}
     cases = [(c, s) for c in configs for s in sizes]
     frames_of = {}
     for _, ((h, w), (fh, fw)) in cases:
@@ -376,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config} {label}: best within the gate: {best.name} batch {best.batch}, "
                   f"{best.speedup:.2f}x the baseline ({verdict} the 3x target{limit})")
     out = args.out or os.path.join(
-        ROOT, "benchmarks", "results",
+        RESULTS,
         f"bench_{time.strftime('%Y%m%d-%H%M%S')}_{socket.gethostname()}.json",
     )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -36,42 +35,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import zmq  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import glpn.engine  # noqa: E402
-from glpn import GLPNConfig, GLPNForDepthEstimation  # noqa: E402
+from glpn import PRESETS  # noqa: E402
 from glpn.hardware import thread_page_faults, tune_cpu_allocator  # noqa: E402
-from glpn.synthetic import spread_init_, synthetic_image  # noqa: E402
+from glpn.testing import parse_size, random_checkpoint, write_clip  # noqa: E402
 from pipeline import Pipeline, messages  # noqa: E402
 from pipeline.inference import FAULT_WARMUP_BATCHES  # noqa: E402
-
-TINY = dict(
-    depths=(1, 1, 2, 1),
-    hidden_sizes=(16, 32, 48, 64),
-    num_attention_heads=(1, 2, 3, 4),
-    decoder_hidden_size=16,
-)
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
-def make_checkpoint(preset: str, folder: str) -> str:
-    config = GLPNConfig(**TINY) if preset == "tiny" else GLPNConfig.preset(preset)
-    torch.manual_seed(0)
-    spread_init_(GLPNForDepthEstimation(config)).save_pretrained(folder)
-    return folder
-
-
-def write_clip(path: str, frames: int, height: int, width: int, fps: float = 30.0) -> str:
-    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    base = [synthetic_image(height, width, seed=s) for s in range(8)]
-    for i in range(frames):
-        writer.write(np.roll(base[i % 8], 3 * i, axis=1))
-    writer.release()
-    return path
 
 
 def engine_factory(args, checkpoint):
@@ -233,7 +202,7 @@ def bench_live(args, factory, checkpoint, clip: str, model_latency_ms: float) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--checkpoint", help="checkpoint directory (default: random --preset weights)")
-    ap.add_argument("--preset", default="tiny", choices=["tiny", "default", "kitti", "nyu"])
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--device", default="auto")
@@ -252,7 +221,7 @@ def main() -> None:
     # As run_stream.py does, before any thread allocates (see glpn.hardware.tune_cpu_allocator).
     tune_cpu_allocator()
     tmp = tempfile.TemporaryDirectory(prefix="bench-pipeline-")
-    checkpoint = args.checkpoint or make_checkpoint(args.preset, os.path.join(tmp.name, "ckpt"))
+    checkpoint = args.checkpoint or random_checkpoint(os.path.join(tmp.name, "ckpt"), args.preset)
     factory = engine_factory(args, checkpoint)
     h, w = args.source_size
     clip = write_clip(os.path.join(tmp.name, "clip.avi"), args.frames, h, w)

@@ -6,16 +6,29 @@ checked; a partial or mismatched load is an error that lists what is wrong.
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import json
 import logging
 import os
 import re
-import tempfile
 
 import torch
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import CONFIG_NAME, ConfigError, GLPNConfig
+from .fileio import atomic_write
+from .hub import CheckpointError, resolve_checkpoint_dir
+
+__all__ = [  # CheckpointError and resolve_checkpoint_dir live in hub.py (no import cycle)
+    "CheckpointError",
+    "check_and_load",
+    "load_pretrained",
+    "load_state_dict",
+    "resolve_checkpoint_dir",
+    "save_pretrained",
+]
 
 log = logging.getLogger(__name__)
 
@@ -25,55 +38,11 @@ TORCH_WEIGHTS = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 # BatchNorm step counters: only used in training, absent from some older checkpoints.
 _OPTIONAL_KEYS = re.compile(r".*num_batches_tracked$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be found or read, or does not fit the model; the message says why."""
-
-
-def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
-    """A local directory as is; a hub id ("vinvino02/glpn-kitti") through huggingface_hub if
-    possible."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise CheckpointError(
-            f"{path}: is a file; pass the checkpoint directory holding {CONFIG_NAME} "
-            "and the weights"
-        )
-    if not _HUB_ID.match(path):
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    how = (
-        f"download it where the Hugging Face hub is reachable "
-        f"(`hf download {path} --local-dir DIR`, "
-        "or git clone) and pass the local directory DIR"
-    )
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(
-            f"{path}: not a local directory, and huggingface_hub is not installed to fetch it; "
-            f"{how}"
-        ) from None
-    patterns = [CONFIG_NAME, "*.safetensors", "*.bin", "*.json"]
-    try:  # the local cache first: works offline after one download
-        return snapshot_download(path, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        pass
-    try:
-        return snapshot_download(path, allow_patterns=patterns)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: could not fetch from the hub ({reason}); {how}") from None
 
 
 def _load_file(file: str, map_location) -> dict[str, torch.Tensor]:
     try:
         if file.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             return load_file(file, device=str(map_location))
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:
@@ -168,8 +137,6 @@ def load_pretrained(
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
     if config_overrides:
-        import dataclasses
-
         config = dataclasses.replace(config, **config_overrides)
     model = cls(config)
     check_and_load(model, load_state_dict(directory, map_location), directory)
@@ -183,17 +150,11 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, safe_serializa
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
-    fd, tmp = tempfile.mkstemp(dir=path, prefix=".tmp-", suffix=name)
-    os.close(fd)
-    try:
-        if safe_serialization:
-            from safetensors.torch import save_file
-
-            save_file(state, tmp, metadata={"format": "pt"})
-        else:
-            torch.save(state, tmp)
-        os.replace(tmp, os.path.join(path, name))
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    if safe_serialization:
+        data = save(state, metadata={"format": "pt"})
+    else:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        data = buffer.getvalue()
+    atomic_write(os.path.join(path, name), data)  # usual permissions (0666 less the umask)
     model.config.save_pretrained(path)

@@ -8,7 +8,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
-CONFIG_NAME = "config.json"
+from .fileio import atomic_write
+from .hub import CONFIG_NAME, resolve_checkpoint_dir
 
 # Fields that are per encoder stage and must have num_encoder_blocks entries.
 _PER_STAGE = (
@@ -125,9 +126,14 @@ class GLPNConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> GLPNConfig:
-        """`default` (transformers' default, small), `kitti` (MiT-b4, 80 m), `nyu` (b4, 10 m)."""
+        """`default` (transformers' default, small), `kitti` (MiT-b4, 80 m), `nyu` (b4, 10 m);
+        `tiny` (no published weights) for tests and benchmarks."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown preset {name!r}; valid presets: {sorted(PRESETS)}")
+            published = sorted(k for k in PRESETS if k not in _UNPUBLISHED)
+            raise ConfigError(
+                f"unknown preset {name!r}; valid presets: {published}, "
+                f"or {', '.join(map(repr, sorted(_UNPUBLISHED)))} (tests and benchmarks)"
+            )
         return dataclasses.replace(PRESETS[name], **overrides)
 
     # ---- config.json ------------------------------------------------------------------------
@@ -179,15 +185,12 @@ class GLPNConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> GLPNConfig:
-        from .checkpoint import resolve_checkpoint_dir
-
         return cls.from_json_file(os.path.join(resolve_checkpoint_dir(path), CONFIG_NAME))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, CONFIG_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        atomic_write(os.path.join(path, CONFIG_NAME), text.encode("utf-8"))
 
 
 _B4 = dict(
@@ -199,4 +202,15 @@ PRESETS: dict[str, GLPNConfig] = {
     "default": GLPNConfig(),
     "kitti": GLPNConfig(**_B4, max_depth=80.0),
     "nyu": GLPNConfig(**_B4, max_depth=10.0),
+    # Small enough for fast CPU tests, with every structural feature of the real model: four
+    # stages, sequence reduction, several heads, a decoder stage whose input width equals the
+    # decoder width (64 -> 16 is a 1x1 conv, 16 -> 16 is not).
+    "tiny": GLPNConfig(
+        depths=(1, 1, 2, 1),
+        hidden_sizes=(16, 32, 48, 64),
+        num_attention_heads=(1, 2, 3, 4),
+        decoder_hidden_size=16,
+        max_depth=10.0,
+    ),
 }
+_UNPUBLISHED = {"tiny"}  # presets without published weights

@@ -8,6 +8,22 @@ from torch import nn
 
 from .config import GLPNConfig
 
+# x2 bilinear steps between the last decoder stage's fused map (H/4, W/4) and the full-resolution
+# last decoder output: the stage's own x2 and the decoder's final x2. glpn/fused.py folds them into
+# the head's first convolution.
+HEAD_UPSAMPLINGS = 2
+
+
+def upsample_x2(x: torch.Tensor, steps: int = HEAD_UPSAMPLINGS) -> torch.Tensor:
+    """The decoder's final upsampling: the last stage's x2 (by size) then x2 (by scale factor)."""
+    for i in range(steps):
+        if i == 0:
+            h, w = x.shape[-2:]
+            x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    return x
+
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
     # Indices 0 (conv) and 1 (BatchNorm) are the checkpoint's key names.
@@ -33,7 +49,7 @@ class SelectiveFeatureFusion(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """1x1 conv to the decoder width, fuse with the coarser stage's output, upsample bilinearly."""
+    """1x1 conv to the decoder width, fused with the coarser stage's output (Decoder upsamples)."""
 
     def __init__(self, in_channels: int, out_channels: int, *, fuse: bool) -> None:
         super().__init__()
@@ -44,16 +60,11 @@ class DecoderStage(nn.Module):
         )
         self.fusion = SelectiveFeatureFusion(out_channels) if fuse else None
 
-    def forward(
-        self, x: torch.Tensor, coarser: torch.Tensor | None, out_size: tuple[int, int]
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, coarser: torch.Tensor | None) -> torch.Tensor:
         x = self.convolution(x)
         if self.fusion is not None and coarser is not None:
             x = self.fusion(x, coarser)
-        # Upsampling to the next stage's size equals x2 for inputs the reference accepts, and also
-        # makes
-        # any input size work; shapes are static, so export and compile still see one graph.
-        return F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+        return x
 
 
 class Decoder(nn.Module):
@@ -67,16 +78,26 @@ class Decoder(nn.Module):
         )
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs = self.stage_outputs(features)
+        outputs[-1] = upsample_x2(outputs[-1])  # (B, C, H, W)
+        return outputs
+
+    def stage_outputs(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Every stage's output, coarse to fine, each upsampled to the next stage's size except
+        the last: (B, C, H/4, W/4), before the HEAD_UPSAMPLINGS x2 steps that forward() adds and
+        that glpn/fused.py folds into the head instead."""
         features = features[::-1]  # deepest first
-        sizes = [tuple(f.shape[-2:]) for f in features[1:]]
-        last = features[-1].shape[-2:]
-        sizes.append((2 * last[0], 2 * last[1]))
         outputs = []
         x = None
-        for feat, stage, size in zip(features, self.stages, sizes):
-            x = stage(feat, x, size)
+        for i, (feat, stage) in enumerate(zip(features, self.stages)):
+            x = stage(feat, x)
+            if i + 1 < len(features):
+                # Upsampling to the next stage's size equals x2 for inputs the reference accepts,
+                # and also makes any input size work; shapes are static, so export and compile
+                # still see one graph.
+                size = tuple(features[i + 1].shape[-2:])
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             outputs.append(x)
-        outputs[-1] = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return outputs
 
 

@@ -15,7 +15,6 @@ import argparse
 import io
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointError
+from .fileio import atomic_write
 from .fused import InferenceGLPN
 from .metrics import DepthError, depth_error
 from .model import GLPNDepth
@@ -178,16 +179,8 @@ def export_onnx(
         if dynamic_size:
             sizes.append((h + 32, w - 32 if w > 64 else w + 64))
         errors = check_onnx(data, model, sizes=sizes, batch_size=batch_size + int(dynamic_batch))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".onnx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write(path, data)  # 0666 less the umask, like every other output
     return ExportResult(path=path, seconds=seconds, errors=errors)
 
 
@@ -206,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime check")
     parser.add_argument("--flip-tta", action="store_true", help="bake horizontal-flip TTA in")
     args = parser.parse_args(argv)
-    from .checkpoint import CheckpointError
-
     try:
         model = GLPNDepth.from_pretrained(args.checkpoint)
         model.flip_tta = args.flip_tta

@@ -1,6 +1,7 @@
 """The one atomic file write: a final name only ever holds a complete file.
 
-Used for engine caches and for every output file the pipeline writes (depth maps, summaries).
+Used for engine caches, checkpoints (save_pretrained), ONNX exports and every output file the
+pipeline writes (depth maps, summaries).
 """
 
 from __future__ import annotations

@@ -26,22 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .model import GLPNDepth
-
-# How many x2 bilinear steps separate the last decoder stage's fused map from the head's input when
-# the head reads the last decoder output (head_in_index = -1): the stage's own x2 and the final x2.
-HEAD_UPSAMPLINGS = 2
-
-
-def upsample_x2(x: torch.Tensor, steps: int) -> torch.Tensor:
-    """The decoder's final upsampling: the last stage's x2 (by size) then x2 (by scale factor)."""
-    for i in range(steps):
-        if i == 0:
-            h, w = x.shape[-2:]
-            x = F.interpolate(x, size=(2 * h, 2 * w), mode="bilinear", align_corners=False)
-        else:
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-    return x
+from .decoder import HEAD_UPSAMPLINGS, upsample_x2
+from .model import GLPNDepth, flip_averaged
 
 
 def _upsample_taps(steps: int) -> torch.Tensor:
@@ -177,9 +163,7 @@ class TapSumConv(nn.Module):
 
 def _graph_capture() -> bool:
     """True while torch.jit tracing, ONNX export, torch.compile or torch.export capture a graph."""
-    return (
-        torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-    )
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def fold_batchnorms_(module: nn.Module) -> nn.Module:
@@ -225,27 +209,15 @@ class InferenceGLPN(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not self.flip_tta:
             return self._depth(pixel_values)
-        B = pixel_values.shape[0]
-        depth = self._depth(torch.cat((pixel_values, pixel_values.flip(-1)), dim=0))  # (2B, H, W)
-        return 0.5 * (depth[:B] + depth[B:].flip(-1))
+        return flip_averaged(self._depth, pixel_values)
 
     def _depth(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.encoder(pixel_values)
         if not self.folded:
             return self.head(self.decoder(features))
-        features = features[::-1]  # deepest first, as Decoder.forward
-        stages = self.decoder.stages
-        x = None
-        for i, (feat, stage) in enumerate(zip(features, stages)):
-            y = stage.convolution(feat)
-            if stage.fusion is not None and x is not None:
-                y = stage.fusion(y, x)
-            if i < len(stages) - 1:
-                y = F.interpolate(
-                    y, size=tuple(features[i + 1].shape[-2:]), mode="bilinear", align_corners=False
-                )
-            x = y
-        # x: (B, C, H/4, W/4), before the two x2 upsamplings that the folded convolution absorbs.
+        # (B, C, H/4, W/4): the decoder's last map, before the two x2 upsamplings that the folded
+        # convolution absorbs.
+        x = self.decoder.stage_outputs(features)[-1]
         x = self.head_conv1(x).relu_()  # (B, C, H, W)
         x = self.head_conv2(x)  # (B, 1, H, W)
         return (torch.sigmoid(x) * self.max_depth).squeeze(1)

@@ -1,6 +1,7 @@
 """What the machine can do: CPU instruction sets, the GPU, optional packages, the C allocator.
 
-Facts only; the policy that uses them (which backend `auto` picks, what is refused) is in engine.py.
+Facts only; the policy that uses them (which backend `auto` picks, what is refused) is in
+planning.py and in each backend's `unavailable` (glpn/backends/).
 """
 
 from __future__ import annotations

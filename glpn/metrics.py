@@ -14,8 +14,8 @@ thresh = max(gt / pred, pred / gt):
 
 Predictions are clamped to [min_depth, max_depth] first and NaN/inf replaced as GLPDepth does.
 
-`depth_error(pred, ref)` scores a backend against fp32 eager on the same frames; `Gate` states what
-`auto` accepts (see GATE).
+`depth_error(pred, ref)` scores a backend against fp32 eager on the same frames; glpn/gate.py
+states what `auto` accepts (Gate, GATE) and runs that check when an engine is loaded.
 """
 
 from __future__ import annotations
@@ -141,35 +141,3 @@ def depth_error(pred: np.ndarray | torch.Tensor, ref: np.ndarray | torch.Tensor)
         max_rel=float(rel.max()),
         finite=True,
     )
-
-
-@dataclass(frozen=True)
-class Gate:
-    """What a reduced-precision backend must meet against fp32 eager for auto to use it."""
-
-    max_mean_rel: float = 0.01  # mean relative error below 1%
-    max_p99_rel: float = 0.05  # and no more than 1% of the pixels off by 5% or more
-
-    def check(self, err: DepthError) -> tuple[bool, str]:
-        """(passes, reason): the reason names the first bound that is exceeded."""
-        if not err.finite:
-            return False, "non-finite depth (NaN or inf)"
-        if err.mean_rel >= self.max_mean_rel:
-            return False, (
-                f"mean relative error {100 * err.mean_rel:.2f}% >= {100 * self.max_mean_rel:g}%"
-            )
-        if err.p99_rel >= self.max_p99_rel:
-            return False, (
-                f"99th-percentile relative error {100 * err.p99_rel:.2f}% >= "
-                f"{100 * self.max_p99_rel:g}%"
-            )
-        return True, f"within gate ({err})"
-
-    def describe(self) -> str:
-        return (
-            f"mean relative error < {100 * self.max_mean_rel:g}% and 99th-percentile relative "
-            f"error < {100 * self.max_p99_rel:g}% against fp32 eager, finite everywhere"
-        )
-
-
-GATE = Gate()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .checkpoint import load_pretrained, save_pretrained
 from .config import GLPNConfig
 from .decoder import Decoder, DepthHead
 from .mit import MixTransformer
@@ -42,15 +44,11 @@ class PretrainedMixin:
         map_location: str | torch.device = "cpu",
         **config_overrides,
     ):
-        from .checkpoint import load_pretrained
-
         return load_pretrained(
             cls, path, config=config, map_location=map_location, **config_overrides
         )
 
     def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> None:
-        from .checkpoint import save_pretrained
-
         save_pretrained(self, path, safe_serialization=safe_serialization)
 
 
@@ -98,10 +96,18 @@ class GLPNDepth(PretrainedMixin, nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if not self.flip_tta:
             return self._depth_and_features(pixel_values)[0]
-        B = pixel_values.shape[0]
-        both = torch.cat((pixel_values, pixel_values.flip(-1)), dim=0)  # (2B, 3, H, W)
-        depth = self._depth_and_features(both)[0]
-        return 0.5 * (depth[:B] + depth[B:].flip(-1))
+        return flip_averaged(lambda x: self._depth_and_features(x)[0], pixel_values)
+
+
+def flip_averaged(
+    depth: Callable[[torch.Tensor], torch.Tensor], pixel_values: torch.Tensor
+) -> torch.Tensor:
+    """Flip TTA: the mean of the images' depth and their mirrors' (flipped back), as one batch of
+    2B. GLPNDepth and fused.InferenceGLPN both use it."""
+    B = pixel_values.shape[0]
+    both = torch.cat((pixel_values, pixel_values.flip(-1)), dim=0)  # (2B, 3, H, W)
+    d = depth(both)  # (2B, H, W)
+    return 0.5 * (d[:B] + d[B:].flip(-1))
 
 
 class SiLogLoss(nn.Module):

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .hub import resolve_checkpoint_dir
+
 PREPROCESSOR_NAME = "preprocessor_config.json"
 
 
@@ -168,8 +170,6 @@ class GLPNImageProcessor:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> GLPNImageProcessor:
-        from .checkpoint import resolve_checkpoint_dir
-
         file = os.path.join(resolve_checkpoint_dir(path), PREPROCESSOR_NAME)
         settings: dict[str, Any] = {}
         if os.path.isfile(file):

@@ -141,8 +141,7 @@ class CaptureStage(Stage):
                     )  # fmt: skip
         finally:
             reader.close()
-        self.send(self.out, messages.encode(messages.eos_header(sid)), block=True)
-        self.metrics.sent += 1
+        self.forward_eos(self.out, sid)
 
     def _send_frame(self, frame, t_read: float, read_ms: float, fps, lossless: bool) -> None:
         image = frame.image
@@ -161,10 +160,7 @@ class CaptureStage(Stage):
         }
         self.frames += 1
         self.metrics.record(read_ms)
-        if self.send(self.out, messages.encode(header, {"image": image}), block=lossless):
-            self.metrics.sent += 1
-        else:
-            self.metrics.drop("downstream_full")
+        self.emit(self.out, messages.encode(header, {"image": image}), live=not lossless)
 
 
 class _Opening:

@@ -1,57 +1,36 @@
-"""Typed configuration of the whole program, loaded from YAML/JSON or a dict and validated.
-
-`load_config(path_or_dict)` builds frozen dataclasses; an unknown key or a bad value raises
-`ConfigError` naming the dotted key (`model.max_batch`, `sources[1].mode`) and, for unknown keys,
-listing the valid ones. Shorthands accepted in files: a source may be a bare string (its uri);
-`input_size: auto` means None; a sink section may be `true` for its defaults.
+"""Typed configuration of the whole program: frozen dataclasses that validate their values.
 
 Every number has a finite range that the code and the OS accept (a `linger_ms` zmq can take, a
-timeout `time.monotonic() + t` can add), and the message gives the range. `read_config_file` is
-the one reader of config files: it bounds the file's size, its nesting and what YAML aliases
-expand to, so a hostile or broken file is one ConfigError, never a hang or gigabytes of memory.
+timeout `time.monotonic() + t` can add); a bad value raises `ConfigError` giving the range. Loading
+(a file or a dict -> Config, with the dotted key in every message) is in `config_file.py`;
+`load_config`, `config_from_dict` and `read_config_file` are importable from here as well.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import os
 import re
 import reprlib
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Union
-
-import yaml
-from yaml.composer import ComposerError
+from typing import Any
 
 from .colour import COLORMAPS
 from .errors import ConfigError
+from .limits import MAX_FPS, MAX_IMAGE_SIDE, MAX_INPUT_SIDE, STREAM_ID
 
 SOURCE_KINDS = ("auto", "camera", "file", "url", "images", "external")
 SOURCE_MODES = ("auto", "live", "lossless")
 TRANSPORTS = ("inproc", "ipc", "tcp")
 FILE_LAYOUTS = ("per_stream", "flat")
-STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in file names and topics
 
-# Limits of a config file (read_config_file). A real config is a few KiB, 5 levels deep, a few
-# hundred values; these leave room for generated ones and refuse what would only exhaust memory.
-MAX_FILE_BYTES = 1 << 20  # 1 MiB
-MAX_NESTING = 32  # nesting of lists and mappings
-MAX_VALUES = 20_000  # keys and values once YAML aliases are expanded (a billion laughs: 10**9)
 MAX_SOURCES = 256  # each source is a capture thread with its own sockets
 
 # Ranges of numbers (inclusive). Upper ends are what the code and the OS accept (zmq options are
 # C ints, `time.monotonic() + timeout` must stay a time) and far beyond any sensible setting.
 MAX_SECONDS = 3600.0  # timeouts and reconnect delays
-MAX_FPS = 1000.0  # frame rates: sources, pacing and video files
 MIN_FPS = 0.01  # one frame per 100 s; OpenCV's video writers refuse much less
-MAX_IMAGE_SIDE = 16384  # camera resolution
-MAX_INPUT_SIDE = 8192  # model input
 MAX_DEPTH_M = 10_000.0  # colour range of the view, metres
 MAX_HWM = 1_000_000  # zmq high-water marks, messages
 MAX_MESSAGE_BYTES = 1 << 31  # 2 GiB; zmq's MAXMSGSIZE takes an int64, a frame is far smaller
@@ -61,12 +40,6 @@ _repr = reprlib.Repr()  # never builds more than a few hundred characters, whate
 _repr.maxstring = _repr.maxother = _repr.maxlong = 60
 _repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
 _repr.maxlevel = 3
-
-
-def _short_text(text: str, limit: int = 200) -> str:
-    """text on one line, at most `limit` characters."""
-    text = " ".join(text[: 2 * limit].split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _short(value: Any) -> str:
@@ -341,251 +314,6 @@ def _endpoint_ok(endpoint: str) -> bool:
     return bool(re.match(r"^(tcp|ipc|inproc)://.+", endpoint))
 
 
-# ---- loading ------------------------------------------------------------------------------------
-
-
-def _dotted(path: str, key: str) -> str:
-    if not path:
-        return key
-    return f"{path}.{key}" if not key.startswith("[") else f"{path}{key}"
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _hint(value: Any, tp: type) -> str:
-    """For '1e6' and the like: YAML 1.1 (PyYAML) reads a number without a dot as text."""
-    if isinstance(value, str) and len(value) < 40 and any(c.isdigit() for c in value):
-        with contextlib.suppress(ValueError):
-            float(value)
-            return f" (YAML reads 1e6 as text: write {'1000000' if tp is int else '1.0e+6'})"
-    return ""
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
-            return None
-        if isinstance(value, str) and value.lower() in ("auto", "none") and type(None) in options:
-            return None
-        non_none = [t for t in options if t is not type(None)]
-        if len(non_none) == 1:
-            return _convert(value, non_none[0], path)
-        raise ConfigError(f"config: {path}: unsupported type {tp}")  # not used by the schema
-    if dataclasses.is_dataclass(tp):
-        if value is True:
-            value = {}
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"config: {path} must be a mapping, got {_short(value)}")
-        return _build(tp, value, path)
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config: {path} must be a list, got {_short(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(
-                f"config: {path} must have {len(args)} entries, got {_short(list(value))}"
-            )
-        return tuple(_convert(v, t, f"{path}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"config: {path} must be true or false, got {_short(value)}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(
-                f"config: {path} must be an integer, got {_short(value)}{_hint(value, int)}"
-            )
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"config: {path} must be a number, got {_short(value)}{_hint(value, float)}"
-            )
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond any float
-            raise ConfigError(f"config: {path} is out of range, got {_short(value)}") from None
-    if tp is str:
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise ConfigError(f"config: {path} must be a string, got {_short(value)}")
-        return str(value)  # a camera index may be written as a number
-    raise ConfigError(f"config: {path}: unsupported type {_type_name(tp)}")
-
-
-def _build(cls: type, data: Mapping[str, Any], path: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            where = _dotted(path, _short(key) if not isinstance(key, str) else key[:60])
-            raise ConfigError(f"config: unknown key {where!r}; valid keys: {', '.join(fields)}")
-    kwargs = {key: _convert(value, hints[key], _dotted(path, key)) for key, value in data.items()}
-    missing = [
-        name
-        for name, f in fields.items()
-        if name not in kwargs
-        and f.default is dataclasses.MISSING
-        and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"config: missing key {_dotted(path, missing[0])!r}")
-    try:
-        return cls(**kwargs)
-    except _Invalid as e:
-        raise ConfigError(f"config: {_dotted(path, e.key)}: {e.message}") from None
-
-
-def _normalise_sources(data: dict[str, Any]) -> dict[str, Any]:
-    sources = data.get("sources")
-    if isinstance(sources, (str, int, Mapping)):
-        sources = [sources]  # one source may be written without a list
-    if not isinstance(sources, list):
-        raise ConfigError("config: 'sources' must be a list of sources (uri strings or mappings)")
-    out = []
-    for i, s in enumerate(sources):
-        if isinstance(s, (str, int)) and not isinstance(s, bool):
-            s = {"uri": str(s)}
-        if not isinstance(s, Mapping):
-            raise ConfigError(
-                f"config: sources[{i}] must be a uri string or a mapping, got {_short(s)}"
-            )
-        out.append(s)
-    return {**data, "sources": out}
-
-
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """A plain dict (as parsed from YAML/JSON) -> validated Config."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config: expected a mapping at the top level, got {type(data).__name__}")
-    if "sources" not in data:
-        raise ConfigError("config: missing key 'sources'")
-    return _build(Config, _normalise_sources(dict(data)), "")
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader that refuses, while composing (before any data is built), nesting deeper
-    than MAX_NESTING and more than MAX_VALUES keys and values with every alias expanded. The data
-    keeps aliases shared, but anything that walks it (a message, a copy, the schema) expands them.
-    """
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-        self._values = 0  # values composed so far, an alias counting all the values it stands for
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        mark = self.peek_event().start_mark
-        if self._depth >= MAX_NESTING:
-            raise ComposerError(None, None, f"nested deeper than {MAX_NESTING} levels", mark)
-        alias = self.check_event(yaml.AliasEvent)
-        if not alias:
-            self._count(1, mark)
-        self._depth += 1
-        try:
-            node = super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-        if alias:  # an earlier node: its expanded size is known, unless it contains this alias
-            if not hasattr(node, "expanded"):
-                raise ComposerError(None, None, "recursive alias", mark)
-            self._count(node.expanded, mark)
-            return node
-        if isinstance(node, yaml.MappingNode):
-            children = [n for pair in node.value for n in pair]
-        else:
-            children = node.value if isinstance(node, yaml.SequenceNode) else []
-        node.expanded = 1 + sum(child.expanded for child in children)
-        return node
-
-    def _count(self, values: int, mark: Any) -> None:
-        self._values += values
-        if self._values > MAX_VALUES:
-            problem = f"more than {MAX_VALUES} values once aliases are expanded"
-            raise ComposerError(None, None, problem, mark)
-
-
-def _check_shape(data: Any) -> None:
-    """The same bounds as _BoundedLoader, for JSON (no aliases): walked without recursion."""
-    stack, count = [(data, 1)], 0
-    while stack:
-        value, depth = stack.pop()
-        count += 1
-        if depth > MAX_NESTING or count > MAX_VALUES:
-            raise ValueError(
-                f"nested deeper than {MAX_NESTING} levels" if depth > MAX_NESTING
-                else f"more than {MAX_VALUES} values"
-            )  # fmt: skip
-        if isinstance(value, dict):
-            count += len(value)  # the keys
-            stack += [(v, depth + 1) for v in value.values()]
-        elif isinstance(value, list):
-            stack += [(v, depth + 1) for v in value]
-
-
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (or .json) config file -> its top-level mapping ({} for an empty file), unvalidated.
-
-    The one reader of config files: refuses files over MAX_FILE_BYTES, nesting deeper than
-    MAX_NESTING and more than MAX_VALUES keys and values (YAML aliases expanded) with a ConfigError
-    naming the file; never a RecursionError or a billion-laughs expansion."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_FILE_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({_short_text(str(e))})") from None
-    if len(raw) > MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: config file larger than {MAX_FILE_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-        if path.endswith(".json"):
-            data = json.loads(text)
-            _check_shape(data)
-        else:
-            loader = _BoundedLoader(text)
-            loader.name = path  # named in the error marks
-            try:
-                data = loader.get_single_data()
-            finally:
-                loader.dispose()
-    except RecursionError:  # json nested deeper than the interpreter allows
-        raise ConfigError(
-            f"{path}: cannot parse config (nested deeper than {MAX_NESTING} levels)"
-        ) from None
-    except (UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
-        # ValueError: bad JSON, or an integer of more than 4300 digits
-        raise ConfigError(f"{path}: cannot parse config ({_short_text(str(e))})") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: config: expected a mapping at the top level, got {type(data).__name__}"
-        )
-    return data
-
-
-def load_config(source: Config | Mapping[str, Any] | str | os.PathLike) -> Config:
-    """A Config, a dict or a YAML/JSON file path -> validated Config (ConfigError if not)."""
-    if isinstance(source, Config):
-        return source
-    if isinstance(source, Mapping):
-        return config_from_dict(source)
-    path = os.fspath(source)
-    data = read_config_file(path)
-    try:
-        return config_from_dict(data)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
 def to_dict(config: Config) -> dict[str, Any]:
     """Config -> plain dict (lists instead of tuples), e.g. for logging or writing back to YAML."""
 
@@ -597,3 +325,16 @@ def to_dict(config: Config) -> dict[str, Any]:
         return v
 
     return plain(dataclasses.asdict(config))
+
+
+# Loading lives in config_file.py, which imports this module; importers of these names from here
+# (`from pipeline.config import load_config`) get them on first use, without an import cycle.
+_LOADING = ("load_config", "config_from_dict", "read_config_file", "relative_to_file")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOADING or name in ("MAX_FILE_BYTES", "MAX_NESTING", "MAX_VALUES"):
+        from . import config_file
+
+        return getattr(config_file, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,8 +22,8 @@ import zmq
 from glpn.hardware import thread_page_faults
 
 from . import messages
-from .config import MAX_INPUT_SIDE
 from .errors import MessageError
+from .limits import MAX_INPUT_SIDE
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -125,8 +125,7 @@ class InferenceStage(Stage):
                 deadline = time.monotonic() + self.max_wait_ms / 1000
             self.metrics.backlog = len(pending)
             for stream in eos:
-                self.send(self.out, messages.encode(messages.eos_header(stream)), block=True)
-                self.metrics.sent += 1
+                self.forward_eos(self.out, stream)
                 ended.add(stream)
 
     def _check(self, msg: messages.Message) -> None:
@@ -213,9 +212,5 @@ class InferenceStage(Stage):
             arrays = {"depth": d}
             if "image" in msg.arrays:
                 arrays["image"] = msg.arrays["image"]
-            if self.send(
-                self.out, messages.encode(header, arrays), block=msg.header["mode"] != "live"
-            ):
-                self.metrics.sent += 1
-            else:
-                self.metrics.drop("downstream_full")
+            live = msg.header["mode"] == "live"
+            self.emit(self.out, messages.encode(header, arrays), live=live)

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .config import MAX_FPS, MAX_IMAGE_SIDE, STREAM_ID
 from .errors import MessageError
+from .limits import MAX_FPS, MAX_IMAGE_SIDE, STREAM_ID
 
 VERSION = 1
 KINDS = ("frame", "eos")

@@ -14,17 +14,10 @@ import zmq
 
 from . import messages
 from .config import OutputsConfig
+from .display import WindowSink, display_available
 from .errors import EndpointError, MessageError
 from .results import DepthResult
-from .sinks import (
-    CallbackSink,
-    FileSink,
-    PublishSink,
-    Sink,
-    VideoSink,
-    WindowSink,
-    display_available,
-)
+from .sinks import CallbackSink, FileSink, PublishSink, Sink, VideoSink
 from .stage import Stage
 
 log = logging.getLogger(__name__)
@@ -120,8 +113,8 @@ class SinkStage(Stage):
                 if msg.kind == "eos":
                     for sink in self.sinks:
                         sink.end_stream(msg.stream)
-                    if self.results is not None:
-                        self.send(self.results, messages.encode(msg.header), block=True)
+                    if self.results is not None:  # to Python code; metrics.sent counts sinks
+                        self.forward_eos(self.results, msg.stream, count=False)
                     ended.add(msg.stream)
                 else:
                     self._deliver(msg)
@@ -133,6 +126,9 @@ class SinkStage(Stage):
         lossless sources wait (full queues push back), live ones drop frames as usual. EndpointError
         (exit code 5) when they are not there within `wait_timeout_s`."""
         cfg, pub = self.outputs.zmq, self.publisher
+        if pub.update() < cfg.wait_subscribers:  # say why nothing is sent yet
+            log.info("outputs.zmq: the first frame waits for %d subscriber(s) on %s",
+                     cfg.wait_subscribers, self.bound.get("publish", cfg.endpoint))  # fmt: skip
         deadline = time.monotonic() + cfg.wait_timeout_s
         while pub.update() < cfg.wait_subscribers:
             self._count_subscribers()
@@ -174,9 +170,9 @@ class SinkStage(Stage):
             arrays = {"depth": result.depth}
             if result.view is not None:
                 arrays["view"] = result.view
+            parts = messages.encode(header, arrays)
             live = header["mode"] == "live"
-            if not self.send(self.results, messages.encode(header, arrays), block=not live):
-                self.metrics.drop("results_full")
+            self.emit(self.results, parts, live=live, drop_reason="results_full", count=False)
         self.delivered[result.stream] += 1
         self._count_subscribers()
         self.metrics.record((time.monotonic() - t0) * 1000)

@@ -46,8 +46,7 @@ class PostprocessStage(Stage):
             self.poll([(self.inp, zmq.POLLIN)])
             for msg in self.incoming(self.inp, self.streams):
                 if msg.kind == "eos":
-                    self.send(self.out, messages.encode(msg.header), block=True)
-                    self.metrics.sent += 1
+                    self.forward_eos(self.out, msg.stream)
                     ended.add(msg.stream)
                 else:
                     try:
@@ -56,10 +55,7 @@ class PostprocessStage(Stage):
                         self.malformed(e)
                         continue
                     live = header["mode"] == "live"
-                    if self.send(self.out, messages.encode(header, arrays), block=not live):
-                        self.metrics.sent += 1
-                    else:
-                        self.metrics.drop("downstream_full")
+                    self.emit(self.out, messages.encode(header, arrays), live=live)
 
     def process(self, msg: messages.Message) -> tuple[dict, dict]:
         t0 = time.monotonic()

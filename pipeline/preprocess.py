@@ -22,8 +22,8 @@ import zmq
 from glpn.processing import input_size_for, prepare_frames
 
 from . import messages
-from .config import MAX_INPUT_SIDE
 from .errors import MessageError
+from .limits import MAX_INPUT_SIDE
 from .stage import Stage
 
 
@@ -200,12 +200,11 @@ class PreprocessStage(Stage):
             else:
                 del self.slots[msg.stream]
                 msg = self._prepare(msg)
-            self.send(self.out, messages.encode(msg.header, msg.arrays), block=True)
             self.served[msg.stream] = self.metrics.sent
-            self.metrics.sent += 1
+            # Never dropped, live or not: inference asked for it (a credit).
+            self.emit(self.out, messages.encode(msg.header, msg.arrays), live=False)
             self.credit -= 1
 
     def _send_eos(self, stream: str) -> str:
-        self.send(self.out, messages.encode(messages.eos_header(stream)), block=True)
-        self.metrics.sent += 1
+        self.forward_eos(self.out, stream)
         return stream

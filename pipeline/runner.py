@@ -1,4 +1,4 @@
-"""The Pipeline: builds the stages from a Config, wires their endpoints, runs and stops them.
+"""The Pipeline: launches the stages of its Topology, stops them, joins them, reports.
 
     capture:<id> (one per source) -> preprocess -> inference -> postprocess -> sink
                     PUSH/PULL      credits ^     PUSH/PULL    PUSH/PULL  (PUB, files, video, API)
@@ -13,7 +13,8 @@ Usage::
 
 A stage that fails stops the others, and `run()` / `join()` / iteration re-raise it as StageError
 naming the stage. Stopping takes well under a second unless a source is blocked inside OpenCV
-(bounded by the source's open/read timeouts).
+(bounded by the source's open/read timeouts). What runs is described in pipeline/topology.py, where
+it runs in pipeline/launch.py, the engine in pipeline/engine_spec.py.
 """
 
 from __future__ import annotations
@@ -21,35 +22,29 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
-from glpn.fileio import pid_temp_dir
 from glpn.hardware import tune_cpu_allocator
 
 from . import messages
-from .capture import CaptureStage
 from .config import Config, load_config
-from .errors import ConfigError, MessageError, StageError
-from .inference import EngineFactory, InferenceStage
-from .metrics import StageMetrics, percentiles
-from .output import SinkStage
-from .postprocess import PostprocessStage
-from .preprocess import PreprocessStage
+from .engine_spec import EngineSpec
+from .errors import MessageError, StageError
+from .inference import EngineFactory
+from .launch import Launcher, ThreadLauncher
+from .metrics import percentiles
+from .report import MetricsLog, stage_metrics, status_line
 from .results import DepthResult
-from .sources import check_source, resolve_kind, resolve_mode
-
-if TYPE_CHECKING:
-    from torch import nn
-
+from .sources import check_source, resolve_kind
 from .stage import STOP, Stage
 from .summary import Summary
+from .topology import Addresses, StageSpec, Topology
 
 log = logging.getLogger(__name__)
 
@@ -60,38 +55,11 @@ class _StartAborted(Exception):
     """stop() (or a signal) arrived while the stages were starting."""
 
 
-def default_engine_factory(config: Config, model: nn.Module | None = None) -> EngineFactory:
-    """Builds the engine of config.model (called inside the inference thread): from the
-    checkpoint (glpn.engine.load), or from `model`, a GLPN already in memory
-    (glpn.engine.from_model: the demo's random weights are never written to disk)."""
-    weights = model
-    model = config.model
-    if weights is None and not model.checkpoint:
-        raise ConfigError("config: model.checkpoint is required (or pass engine_factory)")
-    # A fixed input size lets backends compile for it; only when every stream uses the same one.
-    sizes = {s.input_size or model.input_size for s in config.sources}
-    input_size = next(iter(sizes)) if len(sizes) == 1 else None
-    batch_sizes = tuple(sorted({1, model.max_batch}))
-
-    def build():
-        from glpn import engine
-
-        options = dict(
-            backend=model.backend,
-            precision=model.precision,
-            device=model.device,
-            input_size=input_size,
-            batch_sizes=batch_sizes,
-        )
-        if weights is not None:
-            return engine.from_model(weights, **options)
-        return engine.load(model.checkpoint, **options)
-
-    return build
-
-
 class Pipeline:
     """Capture -> preprocess -> inference -> postprocess -> sinks, as threads joined by ZeroMQ."""
+
+    # Where stages run: made by start(), once the allocator is tuned (see pipeline.launch).
+    launcher_factory: Callable[[], Launcher] = ThreadLauncher
 
     def __init__(
         self,
@@ -103,44 +71,33 @@ class Pipeline:
     ) -> None:
         self.config = load_config(config)
         self.log_summary = log_summary  # False when the caller prints summary() itself
-        self.engine_factory = engine_factory or default_engine_factory(self.config)
+        # Any zero-argument callable; the default is data (an EngineSpec), so it can be pickled.
+        self.engine_factory = engine_factory or EngineSpec.from_config(self.config)
         self.on_result = on_result
         self.streams = self.config.stream_ids()
-        self.endpoints: dict[str, str] = {}  # role -> endpoint, once started
-        self.stages: list[Stage] = []
+        self.endpoints: dict[str, str] = {}  # public name -> endpoint, once started
+        self.topology: Topology | None = None  # built by start()
+        self.stages: list[Stage] = []  # launched, in launch order
+        self._by_name: dict[str, Stage] = {}
         self._uid = uuid.uuid4().hex[:10]
         self._lock = threading.RLock()  # guards the control sockets and state changes
         self._state = "new"  # new -> running -> done
         self._want_results = False
-        self._context: zmq.Context | None = None
+        self._launcher: Launcher | None = None
+        self._addresses: Addresses | None = None
         self._controls: list[zmq.Socket] = []
         self._failure: tuple[str, BaseException] | None = None
         self._stopped_by: str | None = None
         self._t_start = 0.0
+        self._t_ready: float | None = None  # every stage ready: the start-up ends here
         self._t_end: float | None = None
-        self._monitor: threading.Thread | None = None
-        self._monitor_stop = threading.Event()
-        self._ipc_dir: tempfile.TemporaryDirectory | None = None
+        self._monitor: MetricsLog | None = None
         self._summary: Summary | None = None
 
     @property
     def context(self) -> zmq.Context | None:
         """The ZeroMQ context of the stages (inproc:// endpoints only work inside it)."""
-        return self._context
-
-    # ---- endpoints ---------------------------------------------------------------------------
-
-    def _endpoint(self, name: str) -> str:
-        t = self.config.transport
-        if t.kind == "inproc":
-            return f"inproc://depthstream-{self._uid}/{name}"
-        if t.kind == "ipc":
-            if t.ipc_dir:
-                return f"ipc://{os.path.join(t.ipc_dir, f'ds-{self._uid}-{name}')}"
-            if self._ipc_dir is None:
-                self._ipc_dir = pid_temp_dir("depthstream-ipc-")
-            return f"ipc://{os.path.join(self._ipc_dir.name, name)}"
-        return f"tcp://{t.host}:*"  # a free port; the bound endpoint is read back after setup
+        return self._launcher.context if self._launcher is not None else None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -153,97 +110,21 @@ class Pipeline:
         for source in self.config.sources:
             if resolve_kind(source) != "external":
                 check_source(source)  # a missing file is one clear error before any thread starts
-        cfg = self.config
-        t = cfg.transport
         # Before the stage threads and the context's I/O threads allocate: otherwise the inference
         # thread may get a secondary malloc arena and page-fault its activations on every call.
         tune_cpu_allocator()
-        self._context = zmq.Context()
+        self._launcher = self.launcher_factory()
         self._t_start = time.monotonic()
-        common = dict(
-            context=self._context, linger_ms=t.linger_ms, max_message_bytes=t.max_message_bytes
+        self._addresses = Addresses(self.config.transport, self._uid)
+        self.topology = Topology.from_config(
+            self.config,
+            self._addresses,
+            engine_factory=self.engine_factory,
+            results=self._want_results,
         )
-        window = cfg.metrics.window
-        outputs = cfg.outputs
-        make_view = (
-            cfg.postprocess.view
-            if cfg.postprocess.view is not None
-            else bool(outputs.video or outputs.window or (outputs.zmq and outputs.zmq.publish_view))
-        )
-        live = any(resolve_mode(s, resolve_kind(s)) == "live" for s in cfg.sources)
         try:
-            sink = SinkStage(
-                outputs,
-                streams=self.streams,
-                input=self._endpoint("sink"),
-                results=self._endpoint("results") if self._want_results else None,
-                callback=self.on_result,
-                request_stop=self.stop,
-                hwm=t.hwm,
-                control=self._control_endpoint("sink"),
-                metrics=StageMetrics("sink", window),
-                **common,
-            )
-            self._launch(sink)
-            post = PostprocessStage(
-                cfg.postprocess,
-                streams=self.streams,
-                make_view=make_view,
-                input=self._endpoint("postprocess"),
-                output=sink.bound["input"],
-                hwm=t.hwm,
-                control=self._control_endpoint("postprocess"),
-                metrics=StageMetrics("postprocess", window),
-                **common,
-            )
-            self._launch(post)
-            infer = InferenceStage(
-                self.engine_factory,
-                streams=self.streams,
-                input=self._endpoint("inference"),
-                credit=self._endpoint("credit"),
-                output=post.bound["input"],
-                max_batch=cfg.model.max_batch,
-                max_wait_ms=cfg.model.max_wait_ms,
-                prefetch=0 if live else cfg.model.max_batch,
-                hwm=t.hwm,
-                control=self._control_endpoint("inference"),
-                metrics=StageMetrics("inference", window),
-                **common,
-            )
-            self._launch(infer)
-            sizes = {s.id: s.input_size or cfg.model.input_size for s in cfg.sources}
-            pre = PreprocessStage(
-                input_sizes=sizes,
-                live_input=self._endpoint("preprocess-live"),
-                lossless_input=self._endpoint("preprocess-lossless"),
-                output=infer.bound["input"],
-                credit=infer.bound["credit"],
-                keep_image=make_view and cfg.postprocess.side_by_side,
-                max_pending=3 * cfg.model.max_batch,
-                hwm=t.hwm,
-                control=self._control_endpoint("preprocess"),
-                metrics=StageMetrics("preprocess", window),
-                **common,
-            )
-            self._launch(pre)
-            for source in cfg.sources:
-                kind = resolve_kind(source)
-                if kind == "external":
-                    continue  # frames come from another process (pipeline.client.FrameSender)
-                mode = resolve_mode(source, kind)
-                name = f"capture:{source.id}"
-                cap = CaptureStage(
-                    source,
-                    kind=kind,
-                    mode=mode,
-                    output=pre.bound["live" if mode == "live" else "lossless"],
-                    hwm=t.hwm,
-                    control=self._control_endpoint(name.replace(":", "-")),
-                    metrics=StageMetrics(name, window),
-                    **common,
-                )
-                self._launch(cap)
+            for spec in self.topology.launch_order():
+                self._launch(spec)
         except _StartAborted:  # stop() or a signal while the engine was loading
             self._finish_quietly()
             return self
@@ -251,41 +132,32 @@ class Pipeline:
             self.stop()
             self.join()  # raises the failed stage's StageError, if that is what happened
             raise
-        self.endpoints = {
-            "preprocess.live": pre.bound["live"],
-            "preprocess.lossless": pre.bound["lossless"],
-            "inference": infer.bound["input"],
-            "postprocess": post.bound["input"],
-            "sink": sink.bound["input"],
-        }
-        if "publish" in sink.bound:
-            self.endpoints["publish"] = sink.bound["publish"]
-        if "results" in sink.bound:
-            self.endpoints["results"] = sink.bound["results"]
+        # Captures start last: no frame was read before this, so the start-up ends here.
+        self._t_ready = time.monotonic()
+        self.endpoints = self.topology.public_endpoints(lambda name: self._by_name[name].bound)
         log.info(
             "depthstream: %d stream(s) %s, engine %s, transport %s",
-            len(self.streams), ", ".join(self.streams), infer.description, t.kind,
+            len(self.streams), ", ".join(self.streams), self._by_name["inference"].description,
+            self.config.transport.kind,
         )  # fmt: skip
-        if cfg.metrics.interval_s > 0:
-            self._monitor = threading.Thread(
-                target=self._report, name="depthstream-metrics", daemon=True
-            )
-            self._monitor.start()
+        if self.config.metrics.interval_s > 0:
+            self._monitor = MetricsLog(self.status_line, self.config.metrics.interval_s).start()
         return self
 
-    def _control_endpoint(self, name: str) -> str:
-        return f"inproc://depthstream-{self._uid}/control/{name}"
-
-    def _launch(self, stage: Stage) -> None:
-        """Start a stage and wait until its sockets exist; raise if its setup failed."""
+    def _launch(self, spec: StageSpec) -> None:
+        """Build and start a stage, wait until its sockets exist; raise if its setup failed."""
+        connect = {c.arg: self._by_name[c.stage].bound[c.role] for c in spec.connects}
+        hooks = {"callback": self.on_result, "request_stop": self.stop}
+        stage = self._launcher.build(spec, connect, {h: hooks[h] for h in spec.hooks})
         with self._lock:
-            ctl = self._context.socket(zmq.PUSH)
+            ctl = self.context.socket(zmq.PUSH)
             ctl.setsockopt(zmq.LINGER, 0)
-            ctl.connect(stage.control_endpoint)  # inproc connect-before-bind queues the message
+            ctl.connect(spec.control)  # inproc connect-before-bind queues the message
             self._controls.append(ctl)
             self.stages.append(stage)
+            self._by_name[spec.name] = stage
         stage.on_exit = self._stage_exited
-        stage.start()
+        self._launcher.start(stage)
         stage.ready.wait()
         if stage.error is not None:
             raise StageError(stage.name, stage.error) from stage.error
@@ -349,34 +221,22 @@ class Pipeline:
                 return
             self._state = "done"
             self._t_end = time.monotonic()
-            self._monitor_stop.set()
             for ctl in self._controls:
                 ctl.close(linger=0)
             self._controls = []
         if self._monitor is not None:
-            self._monitor.join()
-        for stage in self.stages:
-            stage.join(0)
-        if alive:  # a stage stuck in a native call: leave the context rather than hang on it
-            log.error("stages did not stop within %.0f s: %s", STOP_GRACE_S, ", ".join(alive))
-        elif self._context is not None:
-            self._terminate_context()
-        if self._ipc_dir is not None:
-            self._ipc_dir.cleanup()
+            self._monitor.stop()
+        if self._launcher is not None:
+            for stage in self.stages:
+                self._launcher.join(stage, 0)
+            if alive:  # a stage stuck in a native call: leave the context rather than hang on it
+                log.error("stages did not stop within %.0f s: %s", STOP_GRACE_S, ", ".join(alive))
+            self._launcher.close(terminate=not alive)
+        if self._addresses is not None:
+            self._addresses.cleanup()
         self._summary = self.summary()
         if self.log_summary:
             log.info("%s", self._summary.format())
-
-    def _terminate_context(self) -> None:
-        """Terminate the ZeroMQ context; all stage sockets are closed by now. A socket someone else
-        made in `pipeline.context` and left open would block term(): warn instead of hanging."""
-        term = threading.Thread(
-            target=self._context.term, name="depthstream-context-term", daemon=True
-        )
-        term.start()
-        term.join(2.0)
-        if term.is_alive():
-            log.warning("sockets made with pipeline.context are still open; not waiting for them")
 
     def run(self, *, handle_signals: bool = True) -> Summary:
         """Start, wait until done. SIGINT/SIGTERM (main thread only) stop the pipeline cleanly."""
@@ -444,7 +304,7 @@ class Pipeline:
         if "results" not in self.endpoints:  # stopped while starting
             self.join()
             return
-        sock = self._context.socket(zmq.PULL)
+        sock = self.context.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, self.config.transport.hwm)
         max_bytes = self.config.transport.max_message_bytes
@@ -484,29 +344,21 @@ class Pipeline:
     # ---- metrics -----------------------------------------------------------------------------
 
     def metrics(self) -> dict[str, dict[str, Any]]:
-        """Each stage's metrics snapshot, with `queue`: messages sent to it not yet taken."""
-        snaps = {s.name: s.metrics.snapshot() for s in self.stages}
-        upstream = {
-            "preprocess": [n for n in snaps if n.startswith("capture:")],
-            "inference": ["preprocess"],
-            "postprocess": ["inference"],
-            "sink": ["postprocess"],
-        }
-        for name, snap in snaps.items():
-            sent = sum(snaps[u]["sent"] for u in upstream.get(name, []) if u in snaps)
-            snap["queue"] = max(0, sent - snap["received"]) + snap["backlog"]
-        order = ["capture:", "preprocess", "inference", "postprocess", "sink"]
+        """Each stage's metrics snapshot, in flow order, with `queue`: messages sent to it not yet
+        taken (see pipeline.report)."""
+        if self.topology is None:
+            return {}
+        return stage_metrics(self.topology, self._by_name)
 
-        def rank(name: str) -> int:
-            return next(i for i, prefix in enumerate(order) if name.startswith(prefix))
-
-        return {name: snaps[name] for name in sorted(snaps, key=rank)}
+    def status_line(self) -> str:
+        """One line: output fps, end-to-end latency, per-stage p95 / queue / drops."""
+        return status_line(self.metrics())
 
     def summary(self) -> Summary:
-        """Metrics so far (final once the pipeline ended)."""
+        """Metrics so far (final once the pipeline ended). Its fps excludes the start-up."""
         stages = self.metrics()
-        sink = next((s for s in self.stages if isinstance(s, SinkStage)), None)
-        infer = next((s for s in self.stages if isinstance(s, InferenceStage)), None)
+        sink = self._by_name.get("sink")
+        infer = self._by_name.get("inference")
         end = self._t_end if self._t_end is not None else time.monotonic()
         outcome = self._state if self._state != "done" else "finished"
         if self._state == "done":
@@ -514,11 +366,16 @@ class Pipeline:
                 outcome = "failed"
             elif self._stopped_by is not None:
                 outcome = "stopped"
+        duration = round(end - self._t_start, 3) if self._t_start else 0.0
+        # Still starting, or ended while starting: all of it was start-up.
+        ready = self._t_ready if self._t_ready is not None else end
+        startup = round(ready - self._t_start, 3) if self._t_start else 0.0
         e2e = stages.get("sink", {}).get("e2e_ms") or percentiles([])
         return Summary(
             outcome=outcome,
             stopped_by=self._stopped_by,
-            duration_s=round(end - self._t_start, 3) if self._t_start else 0.0,
+            duration_s=duration,
+            startup_s=min(startup, duration),
             frames=dict(sink.delivered) if sink else {s: 0 for s in self.streams},
             stages=stages,
             e2e_ms=e2e,
@@ -527,25 +384,3 @@ class Pipeline:
             outputs=sink.files() if sink else {},
         )
 
-    def _report(self) -> None:
-        interval = self.config.metrics.interval_s
-        while not self._monitor_stop.wait(interval):
-            log.info("depthstream: %s", self.status_line())
-
-    def status_line(self) -> str:
-        """One line: output fps, end-to-end latency, per-stage p95 / queue / drops."""
-        m = self.metrics()
-        sink = m.get("sink", {})
-        e2e = sink.get("e2e_ms", percentiles([]))
-        parts = [
-            f"out {sink.get('fps', 0):.1f} fps",
-            f"e2e p50 {e2e['p50']:.0f} p95 {e2e['p95']:.0f} ms",
-        ]
-        for name, s in m.items():
-            item = f"{name} p95 {s['latency_ms']['p95']:.1f}ms q{s['queue']}"
-            if s["dropped"]:
-                item += f" drop {s['dropped']}"
-            if s["malformed"]:
-                item += f" bad {s['malformed']}"
-            parts.append(item)
-        return " | ".join(parts)

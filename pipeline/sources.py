@@ -90,7 +90,7 @@ def image_files(pattern: str) -> list[str]:
 @dataclass
 class Frame:
     image: np.ndarray  # (H, W, 3) uint8 BGR
-    position: dict[str, Any]  # where in the source: frame number, timestamp (ms), file name
+    position: dict[str, Any]  # where in the source: frame number, timestamp (ms), image file
 
 
 class VideoReader:
@@ -272,6 +272,9 @@ class ImageReader:
         self.fps = source.fps
         self.frame_count = len(self.files)
         self._next = 0
+        # File names are given relative to this folder: the name in a directory, enough of the
+        # path to tell apart the files of a glob that spans directories.
+        self.root = source.uri if os.path.isdir(source.uri) else _common_folder(self.files)
 
     def read(self) -> Frame | None:
         if self._next >= len(self.files):
@@ -280,12 +283,17 @@ class ImageReader:
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             raise SourceError(f"cannot decode image file {path}")
-        frame = Frame(image, {"frame": self._next, "file": os.path.basename(path)})
+        frame = Frame(image, {"frame": self._next, "file": os.path.relpath(path, self.root)})
         self._next += 1
         return frame
 
     def close(self) -> None:
         pass
+
+
+def _common_folder(files: list[str]) -> str:
+    """The deepest folder that holds every one of `files`."""
+    return os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
 
 
 def open_reader(source: SourceConfig, kind: str) -> VideoReader | ImageReader:

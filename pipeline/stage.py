@@ -62,7 +62,7 @@ class Stage:
 
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self._thread_main, name=f"depthstream-{self.name}", daemon=True
+            target=self.run, name=f"depthstream-{self.name}", daemon=True
         )
         self._thread.start()
 
@@ -75,7 +75,9 @@ class Stage:
 
     # ---- the thread ---------------------------------------------------------------------------
 
-    def _thread_main(self) -> None:
+    def run(self) -> None:
+        """The stage's body, on the thread (or, later, the process) a launcher gives it: sockets
+        are made, the loop runs, sockets are closed, all in here (like pyzmq's Device.run)."""
         linger = 0
         try:
             self._control = self.socket(zmq.PULL, bind=self.control_endpoint, role="control")
@@ -192,6 +194,31 @@ class Stage:
                 if not block:
                     return False
             self.poll([(sock, zmq.POLLOUT)])  # wait for room, or a stop message
+
+    def emit(
+        self,
+        sock: zmq.Socket,
+        parts: list[Any],
+        *,
+        live: bool,
+        drop_reason: str = "downstream_full",
+        count: bool = True,
+    ) -> bool:
+        """Send-or-drop, the one policy of every stage: a live frame never waits (when the next
+        stage is full it is dropped and counted under `drop_reason`, so the newest frames keep
+        flowing); anything else waits for room, watching the control socket (backpressure).
+        count: a message sent counts in `metrics.sent` (not for side outputs). True if sent."""
+        if self.send(sock, parts, block=not live):
+            if count:
+                self.metrics.sent += 1
+            return True
+        self.metrics.drop(drop_reason)
+        return False
+
+    def forward_eos(self, sock: zmq.Socket, stream: str, *, count: bool = True) -> None:
+        """Send the end of `stream` after its frames: never dropped, whatever the mode. A fresh
+        header, so nothing else a peer put in the one received travels on."""
+        self.emit(sock, messages.encode(messages.eos_header(stream)), live=False, count=count)
 
     def receive(self, sock: zmq.Socket) -> messages.Message | None:
         """One decoded message from `sock`, or None if it was malformed (logged and counted)."""

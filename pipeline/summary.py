@@ -1,4 +1,8 @@
-"""The result of a run: outcome, frames per stream, end-to-end latency and per-stage metrics."""
+"""The result of a run: outcome, frames per stream, end-to-end latency and per-stage metrics.
+
+The headline fps is over the running time only: start-up (building the engine, which may mean
+compiling it for minutes) would otherwise make a fast run look slow. Start-up is shown apart.
+"""
 
 from __future__ import annotations
 
@@ -12,19 +16,36 @@ class Summary:
 
     outcome: str  # running | finished (every source ended) | stopped | failed
     stopped_by: str | None  # stop() | SIGINT | SIGTERM | window | None
-    duration_s: float
+    duration_s: float  # start() to the end, start-up included
     frames: dict[str, int]  # stream id -> frames delivered to the sinks
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     e2e_ms: dict[str, float] = field(default_factory=dict)  # capture -> depth, p50/p95/max
     engine: str = ""  # engine.describe()
     error: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # what the sinks wrote: label -> path
+    # start() until every stage was ready (engine built and warmed up, sockets bound): no frame is
+    # read before then. All of duration_s when the run ended while starting.
+    startup_s: float = 0.0
+
+    @property
+    def running_s(self) -> float:
+        """Seconds frames were flowing: the run without its start-up."""
+        return round(max(0.0, self.duration_s - self.startup_s), 3)
+
+    @property
+    def fps(self) -> float:
+        """Frames delivered per second of running time (start-up excluded)."""
+        running = self.running_s
+        return sum(self.frames.values()) / running if running > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome,
             "stopped_by": self.stopped_by,
             "duration_s": self.duration_s,
+            "startup_s": self.startup_s,
+            "running_s": self.running_s,
+            "fps": round(self.fps, 3),
             "frames": self.frames,
             "e2e_ms": self.e2e_ms,
             "engine": self.engine,
@@ -36,11 +57,11 @@ class Summary:
     def format(self) -> str:
         """A table: one row per stage."""
         total = sum(self.frames.values())
-        fps = total / self.duration_s if self.duration_s > 0 else 0.0
         lines = [
             f"depthstream {self.outcome}"
             + (f" ({self.stopped_by})" if self.stopped_by else "")
-            + f": {total} frames in {self.duration_s:.1f} s ({fps:.1f} fps), engine: {self.engine}",
+            + f": {total} frames in {self.running_s:.1f} s ({self.fps:.1f} fps), "
+            f"start-up {self.startup_s:.1f} s, engine: {self.engine}",
             f"end-to-end capture->depth ms: p50 {self.e2e_ms.get('p50', 0):.1f}  "
             f"p95 {self.e2e_ms.get('p95', 0):.1f}  max {self.e2e_ms.get('max', 0):.1f}",
             f"{'stage':<22}{'items':>8}{'fps':>9}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}"

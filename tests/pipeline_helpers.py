@@ -1,24 +1,21 @@
-"""Helpers for the pipeline tests: real videos, images, an ffmpeg stream server, engine wrappers."""
+"""Helpers for the pipeline tests: real videos, images, engine wrappers, sockets, waits."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from fractions import Fraction
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 import pytest
+import zmq
 
 import glpn.engine
 from glpn.processing import input_size_for, prepare_frames, resize_depth
@@ -132,6 +129,22 @@ class FailingEngine:
         return self.engine(pixels)
 
 
+@contextlib.contextmanager
+def xpub_on_tcp(option: int = zmq.XPUB_VERBOSE) -> Iterator[tuple[zmq.Socket, str]]:
+    """A raw publisher that hands over the subscriptions it receives (XPUB; XPUB_VERBOSE: one per
+    subscriber, duplicates included; XPUB_VERBOSER, as the sink stage makes it: unsubscriptions
+    too), on a random tcp port: (socket, endpoint)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.XPUB)
+    sock.setsockopt(option, 1)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        yield sock, f"tcp://127.0.0.1:{port}"
+    finally:
+        sock.close(0)
+        ctx.term()
+
+
 def depthstream_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("depthstream-")]
 
@@ -142,184 +155,39 @@ def free_port(udp: bool = False) -> int:
         return s.getsockname()[1]
 
 
-def _listening(port: int) -> bool:
-    """True when something listens on 127.0.0.1:port, or has accepted a client there.
-
-    Read from /proc, without connecting. `-listen 1` closes its listening socket once a client is
-    accepted, and a reconnecting pipeline can get in before a poll sees LISTEN: an ESTABLISHED
-    socket on the server's port then says the server is up.
-    """
-    want = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if cols[1].endswith(want) and cols[3] in ("0A", "01"):  # LISTEN, ESTABLISHED
-                return True
-    return False
-
-
-# GStreamer's RTSP server (gst-rtsp-server through PyGObject), run by a Python that has `gi`:
-# a live test pattern of the given size and rate, JPEG over RTP, at rtsp://127.0.0.1:PORT/s.
-RTSP_SERVER_SCRIPT = """
-import os
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-Gst.init(None)
-missing = [e for e in ("videotestsrc", "jpegenc", "rtpjpegpay") if not Gst.ElementFactory.find(e)]
-if missing:
-    sys.exit("missing GStreamer elements: " + " ".join(missing))
-if sys.argv[1] == "check":
-    sys.exit(0)
-port, width, height, fps = sys.argv[1:5]
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(
-    f"( videotestsrc is-live=true pattern=ball ! video/x-raw,format=I420,width={width},"
-    f"height={height},framerate={fps} ! jpegenc ! rtpjpegpay name=pay0 pt=96 )"
-)
-factory.set_shared(True)
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(port)
-server.get_mount_points().add_factory("/s", factory)
-server.attach(None)
-loop, parent = GLib.MainLoop(), os.getppid()
-GLib.timeout_add(200, lambda: os.getppid() == parent or loop.quit())  # ends with its test run
-loop.run()
-"""
-RTSP_PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good"
-
-
-@functools.cache
-def rtsp_server_python() -> str | None:
-    """A Python that can run RTSP_SERVER_SCRIPT (this one, or the system's), or None."""
-    for python in dict.fromkeys([sys.executable, "/usr/bin/python3", shutil.which("python3")]):
-        if python and os.path.isfile(python):
-            check = [python, "-c", RTSP_SERVER_SCRIPT, "check"]
-            try:
-                ok = subprocess.run(check, capture_output=True, timeout=30).returncode == 0
-            except (OSError, subprocess.TimeoutExpired):
-                ok = False
-            if ok:
-                return python
-    return None
-
-
-class StreamServer:
-    """A real stream server on 127.0.0.1 that a pipeline source reads, paced in real time.
-
-    ffmpeg's streams are MPEG-2 video in MPEG-TS (MJPEG in MPEG-TS does not open: FACTS.md).
-
-    protocol (the source's URL is `url`):
-      http  ffmpeg serves the clip, looped, as MPEG-TS over HTTP (`-listen 1`); the source connects
-      tcp   ffmpeg serves it as MPEG-TS on a bare TCP socket (`?listen=1`); the source connects
-      udp   ffmpeg sends it as MPEG-TS datagrams to the port; the source listens there
-      rtsp  GStreamer's RTSP server plays a live test pattern of the clip's size and frame rate
-            (JPEG over RTP; needs RTSP_PACKAGES, see rtsp_server_python)
-    A listening server (http, tcp, rtsp) is up once its port listens; a sender (udp) once ffmpeg
-    reports bytes written. Each http/tcp server serves one client: restart it to reconnect.
-    """
-
-    PROTOCOLS = ("http", "tcp", "udp", "rtsp")
-
-    def __init__(self, clip: str, port: int | None = None, protocol: str = "http") -> None:
-        if protocol not in self.PROTOCOLS:
-            raise ValueError(f"protocol {protocol!r} is not one of {self.PROTOCOLS}")
-        if protocol == "rtsp":
-            if rtsp_server_python() is None:
-                raise RuntimeError(f"GStreamer's RTSP server is not installed ({RTSP_PACKAGES})")
-        elif shutil.which("ffmpeg") is None:
-            raise RuntimeError("ffmpeg is not installed")
-        self.clip = clip
-        self.protocol = protocol
-        self.port = port or free_port(udp=protocol == "udp")
-        self.url = {
-            "http": f"http://127.0.0.1:{self.port}/s.ts",
-            "tcp": f"tcp://127.0.0.1:{self.port}",
-            "udp": f"udp://127.0.0.1:{self.port}",
-            "rtsp": f"rtsp://127.0.0.1:{self.port}/s",
-        }[protocol]
-        self.proc: subprocess.Popen | None = None
-        self._progress: str | None = None  # udp: ffmpeg's -progress file
-
-    def _command(self) -> list[str]:
-        if self.protocol == "rtsp":
-            cap = cv2.VideoCapture(self.clip, cv2.CAP_FFMPEG)
-            width, height = (
-                int(cap.get(p)) for p in (cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT)
-            )
-            fps = Fraction(cap.get(cv2.CAP_PROP_FPS) or 25).limit_denominator(1001)
-            cap.release()
-            python = rtsp_server_python()
-            return [
-                python,
-                "-c",
-                RTSP_SERVER_SCRIPT,
-                str(self.port),
-                str(width),
-                str(height),
-                f"{fps.numerator}/{fps.denominator}",
-            ]
-        cmd = ["ffmpeg", "-v", "error", "-nostdin"]
-        if self.protocol == "udp":
-            fd, self._progress = tempfile.mkstemp(prefix="ffmpeg-progress-", suffix=".txt")
-            os.close(fd)
-            cmd += ["-stats_period", "0.05", "-progress", self._progress]
-        cmd += ["-re", "-stream_loop", "-1", "-i", self.clip]
-        cmd += ["-c:v", "mpeg2video", "-pix_fmt", "yuv420p", "-f", "mpegts"]
-        if self.protocol == "http":
-            return cmd + ["-listen", "1", self.url]
-        if self.protocol == "tcp":
-            return cmd + [f"{self.url}?listen=1"]
-        return cmd + [f"{self.url}?pkt_size=1316"]  # udp: one datagram = 7 TS packets
-
-    def _ready(self) -> bool:
-        if self.protocol != "udp":
-            return _listening(self.port)
-        with open(self._progress) as f:  # written by ffmpeg every -stats_period
-            sizes = re.findall(r"^total_size=(\d+)$", f.read(), re.MULTILINE)
-        return any(int(n) > 0 for n in sizes)
-
-    def start(self, timeout: float = 10.0) -> StreamServer:
-        self.proc = subprocess.Popen(self._command(), stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while not self._ready():  # bounded readiness poll on the server's socket / progress
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.protocol} server did not come up on port {self.port}")
-            time.sleep(0.02)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        if self.proc is not None:
-            self.proc.wait(timeout=10)
-        if self._progress is not None:
-            os.unlink(self._progress)
-            self._progress = None
-
-    def __enter__(self) -> StreamServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds."""
+    """Poll `condition` until it holds; AssertionError naming `what` after `timeout` seconds.
+
+    Only for a condition nothing signals (a metrics counter): wait on the event, socket, log
+    record (LogWatch) or file that says it happened wherever there is one.
+    """
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # between polls of a condition, not synchronisation
+
+
+class LogWatch(logging.Handler):
+    """`seen` (a threading.Event) is set when a record containing `text` is logged under `logger`
+    while in a `with` block: a test waits on what the code reports, as it reports it."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+    def __enter__(self) -> LogWatch:
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
 
 
 def slow_factory(checkpoint: str, delay_s: float) -> Callable[[], SlowEngine]:

@@ -10,7 +10,7 @@ import functools
 import shutil
 
 import pytest
-from pipeline_helpers import RTSP_PACKAGES, rtsp_server_python
+from stream_server import RTSP_PACKAGES, rtsp_server_python
 
 X_TOOLS = ("Xvfb", "xdotool", "xwininfo", "xdpyinfo")
 

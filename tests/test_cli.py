@@ -347,3 +347,51 @@ def test_tensorrt_without_cuda(clip, tiny_checkpoint):
     proc = run_cli("--source", clip, "--checkpoint", tiny_checkpoint, "--backend", "tensorrt")
     line = assert_one_error_line(proc, 4)
     assert "tensorrt" in line.lower() and "cuda" in line.lower()
+
+
+# ---- options and messages added by issue 10 ----------------------------------------------------
+
+
+def test_live_mode_on_a_file_says_once_that_frames_are_dropped(clip, tiny_checkpoint):
+    proc = run_cli("--source", clip, "--checkpoint", tiny_checkpoint, "--mode", "live",
+                   "--metrics-interval", "0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if "WARNING" in line]
+    assert len(warnings) == 1 and "dropped" in warnings[0], proc.stderr
+    assert "--pace" in warnings[0] and "lossless" in warnings[0]
+
+
+def test_local_checkpoint_that_does_not_exist(clip, tmp_path):
+    (tmp_path / "checkpoints").mkdir()  # so checkpoints/glpn-nyu is a local path, not a hub id
+    proc = run_cli("--source", clip, "--checkpoint", "checkpoints/glpn-nyu", cwd=str(tmp_path))
+    missing = "checkpoint directory checkpoints/glpn-nyu does not exist"
+    line = assert_one_error_line(proc, 4, missing)
+    assert "hf download vinvino02/glpn-nyu --local-dir checkpoints/glpn-nyu" in line
+    assert "hf download checkpoints/" not in proc.stderr and "RANDOM" not in proc.stderr
+    proc = run_cli("--source", clip, "--checkpoint", "./models//mine", cwd=str(tmp_path))
+    assert_one_error_line(proc, 4, "checkpoint directory models/mine does not exist")
+
+
+def test_printed_paths_have_no_double_slash(clip, tiny_checkpoint, tmp_path):
+    proc = run_cli(
+        "--source", clip, "--checkpoint", tiny_checkpoint, "--save-depth", "depth//",
+        "--save-video", "video//d.avi", "--max-frames", "2", "--metrics-interval", "0",
+        cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "depth files (npy): depth/\n" in proc.stdout
+    assert "video, source0: video/d.avi" in proc.stdout
+    assert "//" not in proc.stdout + proc.stderr
+
+
+def test_a_config_file_runs_from_any_directory(tiny_checkpoint, tmp_path):
+    """multi_stream's sources are the bundled clip, written relative to the file; its outputs land
+    in the working directory."""
+    proc = run_cli(
+        "--config", os.path.join(ROOT, "configs", "multi_stream.yaml"), "--checkpoint",
+        tiny_checkpoint, "--input-size", "64x96", "--max-frames", "2", "--metrics-interval", "0",
+        "--publish", "tcp://127.0.0.1:*", cwd=str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(os.listdir(tmp_path / "outputs" / "multi")) == ["left.mp4", "right.mp4"]
+    assert "frames per stream: left 2 in" in proc.stdout

@@ -6,7 +6,6 @@ and what its YAML aliases expand to. The command-line cases are the ones measure
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -16,6 +15,7 @@ import tracemalloc
 
 import pytest
 
+from pipeline import cli
 from pipeline import config as schema
 from pipeline.config import ZmqSinkConfig, load_config
 from pipeline.errors import MESSAGE_LIMIT, ConfigError, one_line
@@ -109,9 +109,6 @@ def test_files_that_cannot_be_read_are_one_config_error(tmp_path, name, text, ma
 
 
 def test_the_cli_reads_files_with_the_same_reader(tmp_path):
-    spec = importlib.util.spec_from_file_location("run_stream", os.path.join(ROOT, "run_stream.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
     path = tmp_path / "digits.yaml"
     path.write_text("sources: [a]\nmetrics: {window: " + "9" * 5000 + "}\n")  # int() refuses
     with pytest.raises(cli.CliError, match="digits.yaml: cannot parse") as e:

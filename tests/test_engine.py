@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-import glpn.engine as engine_mod
-from glpn import GLPNDepth
+from glpn import GLPNDepth, hardware
 from glpn.backends import Runner
 from glpn.engine import Candidate, Engine, EngineError, from_model, load
+from glpn.gate import Gate
 from glpn.hardware import CpuFeatures
-from glpn.metrics import Gate, depth_error
+from glpn.metrics import depth_error
 
 SIZE = (64, 96)
 PLAIN_CPU = CpuFeatures("test CPU without bf16", frozenset({"avx2"}))
@@ -29,10 +29,11 @@ def model(tiny_checkpoint) -> GLPNDepth:
 
 @pytest.fixture
 def cpu_is(monkeypatch):
-    """Make the engine's policy see a given CPU (the decision logic is under test, not the CPU)."""
+    """Make the engine's policy see a given CPU (the decision logic is under test, not the CPU):
+    planning and the backends' `unavailable` look hardware.cpu_features up at call time."""
 
     def set_cpu(features: CpuFeatures) -> None:
-        monkeypatch.setattr(engine_mod, "cpu_features", lambda: features)
+        monkeypatch.setattr(hardware, "cpu_features", lambda: features)
 
     return set_cpu
 
@@ -63,7 +64,7 @@ def test_load_contract(tiny_checkpoint, model, cpu, cpu_is):
     if cpu != "this CPU":
         cpu_is(PLAIN_CPU)
     engine = load(tiny_checkpoint, device="cpu", input_size=SIZE, batch_sizes=(1, 2))
-    if cpu != "this CPU" or not engine_mod.cpu_features().native_bf16:
+    if cpu != "this CPU" or not hardware.cpu_features().native_bf16:
         assert engine.precision == "fp32"  # nothing else is fast on a CPU without native bf16
     x = _frames(2)
     depth = engine(x)

@@ -17,7 +17,8 @@ from glpn import GLPNDepth, backends
 from glpn.backends import BuildSpec
 from glpn.engine import from_model
 from glpn.fused import InferenceGLPN
-from glpn.metrics import GATE, depth_error
+from glpn.gate import GATE
+from glpn.metrics import depth_error
 from glpn.synthetic import synthetic_image
 
 SIZE = (64, 96)

@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 from torch import nn
 
-from glpn import GLPNDepth
+from glpn import GLPNConfig, GLPNDepth
 from glpn.fused import InferenceGLPN, PolyphaseUpsampleConv, TapSumConv, fold_batchnorms_
 from glpn.synthetic import spread_init_
 
@@ -14,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(**overrides) -> GLPNDepth:
-    return spread_init_(GLPNDepth(tiny_config(**overrides)), seed=3).eval()
+    return spread_init_(GLPNDepth(GLPNConfig.preset("tiny", **overrides)), seed=3).eval()
 
 
 def _upsample_then_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

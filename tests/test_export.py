@@ -1,5 +1,8 @@
 """ONNX export: onnxruntime gives GLPNDepth's depth at fixed and dynamic shapes; CLI errors."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import torch
@@ -62,3 +65,18 @@ def test_cli(tiny_checkpoint, tmp_path, capsys):
     assert main([tiny_checkpoint, str(tmp_path / "z.onnx"), "--size", "60", "64"]) == 2
     assert "multiples of 32" in capsys.readouterr().err
     assert not (tmp_path / "y.onnx").exists() and not (tmp_path / "z.onnx").exists()
+
+
+def test_file_gets_the_usual_permissions(model, tmp_path):
+    """0666 less the umask, as every other output (not mkstemp's 0600)."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "perm.onnx"
+        export_onnx(model, path, input_size=(32, 32), check=False)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        export_onnx(model, path, input_size=(32, 32), check=False)  # replaces: new file's mode
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
+    assert [p.name for p in tmp_path.iterdir()] == ["perm.onnx"]  # no temporary file left

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import pytest
 import torch
-from conftest import make_checkpoint, tiny_config
 
 import glpn
+import glpn.hub
 from glpn import CheckpointError, GLPNConfig, GLPNDepth, GLPNForDepthEstimation, GLPNModel
 from glpn.synthetic import spread_init_, synthetic_image
+from glpn.testing import random_checkpoint
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,7 +27,7 @@ def _hf_model(seed: int = 0):
     cfg = transformers.GLPNConfig(
         **{
             k: list(v) if isinstance(v, tuple) else v
-            for k, v in tiny_config().to_dict().items()
+            for k, v in GLPNConfig.preset("tiny").to_dict().items()
             if k not in ("architectures", "model_type")
         }
     )
@@ -50,7 +52,8 @@ def test_transformers_checkpoint_loads_into_ours(tmp_path, safe):
 
 @pytest.mark.parametrize("safe", [True, False])
 def test_our_checkpoint_loads_into_transformers(tmp_path, safe):
-    ours = spread_init_(GLPNForDepthEstimation(tiny_config(max_depth=80.0)), seed=4).eval()
+    config = GLPNConfig.preset("tiny", max_depth=80.0)
+    ours = spread_init_(GLPNForDepthEstimation(config), seed=4).eval()
     ours.save_pretrained(tmp_path, safe_serialization=safe)
     ref = transformers.GLPNForDepthEstimation.from_pretrained(tmp_path).eval()
     assert ref.config.max_depth == 80
@@ -63,7 +66,7 @@ def test_our_checkpoint_loads_into_transformers(tmp_path, safe):
 
 
 def test_encoder_loads_from_depth_checkpoint(tmp_path):
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     full = GLPNForDepthEstimation.from_pretrained(path)
     enc = GLPNModel.from_pretrained(path)
     with torch.no_grad():
@@ -74,9 +77,9 @@ def test_encoder_loads_from_depth_checkpoint(tmp_path):
 
 
 def test_config_round_trip_and_overrides(tmp_path):
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     cfg = GLPNConfig.from_pretrained(path)
-    assert cfg == tiny_config()
+    assert cfg == GLPNConfig.preset("tiny")
     m = GLPNForDepthEstimation.from_pretrained(path, max_depth=20.0)
     assert m.config.max_depth == 20.0
     with torch.no_grad():
@@ -86,10 +89,10 @@ def test_config_round_trip_and_overrides(tmp_path):
 
 
 def test_mismatched_config_names_the_keys(tmp_path):
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     with pytest.raises(CheckpointError) as e:
         GLPNForDepthEstimation.from_pretrained(
-            path, config=tiny_config(hidden_sizes=(16, 32, 48, 80))
+            path, config=GLPNConfig.preset("tiny", hidden_sizes=(16, 32, 48, 80))
         )
     msg = str(e.value)
     assert "mis-shaped keys" in msg and "glpn.encoder.block.3.0" in msg and str(tmp_path) in msg
@@ -98,7 +101,7 @@ def test_mismatched_config_names_the_keys(tmp_path):
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     state = load_file(tmp_path / "model.safetensors")
     del state["head.head.2.weight"]
     state["decoder.extra.weight"] = torch.zeros(3)
@@ -111,7 +114,7 @@ def test_missing_and_unexpected_keys_are_listed(tmp_path):
 
 
 def test_corrupted_weights_file(tmp_path):
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     weights = tmp_path / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])
@@ -120,7 +123,7 @@ def test_corrupted_weights_file(tmp_path):
 
 
 def test_bad_config_json_names_the_field(tmp_path):
-    path = make_checkpoint(tmp_path)
+    path = random_checkpoint(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["depths"] = [1, 1, 1]
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -132,7 +135,7 @@ def test_bad_config_json_names_the_field(tmp_path):
 
 
 def test_no_weights_and_no_directory(tmp_path):
-    tiny_config().save_pretrained(tmp_path)
+    GLPNConfig.preset("tiny").save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="no weights found"):
         GLPNForDepthEstimation.from_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="no such checkpoint directory"):
@@ -150,7 +153,7 @@ class _Payload:
 
 
 def test_pickled_code_in_bin_checkpoint_is_not_executed(tmp_path):
-    tiny_config().save_pretrained(tmp_path)
+    GLPNConfig.preset("tiny").save_pretrained(tmp_path)
     marker = tmp_path / "pwned"
     torch.save({"x": _Payload(str(marker))}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pytorch_model.bin: cannot read weights"):
@@ -168,8 +171,50 @@ def test_hub_id_without_network_says_how_to_pass_a_directory(monkeypatch, tmp_pa
 
 
 def test_save_does_not_leave_partial_files(tmp_path):
-    make_checkpoint(tmp_path)
+    random_checkpoint(tmp_path)
     before = sorted(os.listdir(tmp_path))
     GLPNForDepthEstimation.from_pretrained(tmp_path).save_pretrained(tmp_path)
     assert sorted(os.listdir(tmp_path)) == before
     assert glpn.GLPNForDepthEstimation.from_pretrained(tmp_path) is not None
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["./ckpt/glpn-nyu", "../glpn-nyu", "/nonexistent/glpn-nyu", "~/glpn-nyu", "a/b/c", "nodir"],
+)
+def test_missing_local_directory_is_never_a_hub_id(monkeypatch, tmp_path, path):
+    """A path that can only be local says the directory does not exist (no hub lookup, no
+    `hf download` hint); so does a two-part path whose first part is a directory here."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(glpn.hub, "is_hub_id", _no_hub_lookup(glpn.hub.is_hub_id))
+    with pytest.raises(CheckpointError) as e:
+        GLPNConfig.from_pretrained(path)
+    assert str(e.value) == f"no such checkpoint directory: {path} does not exist"
+
+
+def test_two_part_path_beside_a_local_folder_is_local(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    assert glpn.hub.looks_local("checkpoints/glpn-nyu")
+    assert not glpn.hub.is_hub_id("checkpoints/glpn-nyu")
+    with pytest.raises(CheckpointError, match="checkpoints/glpn-nyu does not exist"):
+        GLPNForDepthEstimation.from_pretrained("checkpoints/glpn-nyu")
+    assert glpn.hub.is_hub_id("vinvino02/glpn-nyu")  # no vinvino02/ folder here
+
+
+def _no_hub_lookup(is_hub_id):
+    def check(path: str) -> bool:
+        assert not is_hub_id(path), f"{path} was taken for a hub id"
+        return False
+
+    return check
+
+
+def test_saved_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        random_checkpoint(tmp_path / "ckpt")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ckpt").iterdir()}
+    assert modes == {"config.json": 0o644, "model.safetensors": 0o644}

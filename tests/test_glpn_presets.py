@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_config
 
 from glpn import PRESETS, ConfigError, GLPNConfig, GLPNDepth, GLPNForDepthEstimation
 from glpn.synthetic import spread_init_
@@ -48,7 +47,7 @@ def test_unknown_preset_lists_valid_ones():
 
 
 def test_unknown_config_json_keys_are_kept():
-    cfg = GLPNConfig.from_dict({**tiny_config().to_dict(), "custom_note": "x"})
+    cfg = GLPNConfig.from_dict({**GLPNConfig.preset("tiny").to_dict(), "custom_note": "x"})
     assert cfg.extra == {"custom_note": "x"}
     assert cfg.to_dict()["custom_note"] == "x"
 
@@ -56,7 +55,7 @@ def test_unknown_config_json_keys_are_kept():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_reduced_precision_and_channels_last(dtype, channels_last):
-    model = spread_init_(GLPNDepth(tiny_config())).eval()
+    model = spread_init_(GLPNDepth(GLPNConfig.preset("tiny"))).eval()
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         ref = model(x)
@@ -73,7 +72,7 @@ def test_reduced_precision_and_channels_last(dtype, channels_last):
 
 
 def test_flip_tta_is_mean_of_image_and_mirrored_prediction():
-    model = spread_init_(GLPNDepth(tiny_config())).eval()
+    model = spread_init_(GLPNDepth(GLPNConfig.preset("tiny"))).eval()
     x = torch.rand(2, 3, 64, 96)
     with torch.no_grad():
         plain = model(x)
@@ -86,7 +85,7 @@ def test_flip_tta_is_mean_of_image_and_mirrored_prediction():
 
 def test_forward_is_traceable_whole():
     """One graph at a fixed shape, no data-dependent Python control flow."""
-    model = GLPNDepth(tiny_config()).eval()
+    model = GLPNDepth(GLPNConfig.preset("tiny")).eval()
     x = torch.rand(1, 3, 64, 64)
     exported = torch.export.export(model, (x,))
     with torch.no_grad():

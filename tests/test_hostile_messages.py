@@ -20,6 +20,7 @@ from pipeline_helpers import (
     load_engine,
     reference_depth,
     wait_until,
+    xpub_on_tcp,
 )
 from zmq.utils.monitor import recv_monitor_message
 
@@ -81,13 +82,8 @@ HOSTILE_TO_SUBSCRIBERS = {
 @pytest.fixture
 def xpub():
     """A raw publisher that tells when a subscription arrived (XPUB), on a random tcp port."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(0)
-    ctx.term()
+    with xpub_on_tcp() as pub:
+        yield pub
 
 
 def subscribed(pub: zmq.Socket, timeout_s: float = 10.0) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from glpn.metrics import GATE, DepthError, Gate, depth_error, depth_metrics, eval_mask
+from glpn.gate import GATE, Gate
+from glpn.metrics import DepthError, depth_error, depth_metrics, eval_mask
 
 
 def test_uniform_ten_percent_overestimate():

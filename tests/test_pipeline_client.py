@@ -18,6 +18,7 @@ from pipeline_helpers import (
     read_video,
     reference_depth,
     write_video,
+    xpub_on_tcp,
 )
 
 from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
@@ -44,41 +45,53 @@ def depth_message(stream, index, shape=(5, 7)):
 
 @pytest.fixture
 def publisher():
-    ctx = zmq.Context()
-    pub = ctx.socket(zmq.PUB)
-    port = pub.bind_to_random_port("tcp://127.0.0.1")
-    yield pub, f"tcp://127.0.0.1:{port}"
-    pub.close(0)
-    ctx.term()
+    """A publishing socket that also hands over the subscriptions it receives (XPUB, verbose: one
+    per subscriber, duplicates included), so a test can wait until they are in effect."""
+    with xpub_on_tcp() as pub:
+        yield pub
 
 
-WARMUP = 10_000  # index offset of the messages used to wait for the subscription
+ALL = b""  # the subscription of a DepthSubscriber without `streams`
 
 
-def wait_subscribed(pub, sub, stream):
-    """PUB drops messages until the subscription arrives: publish until one gets through."""
-    for i in range(200):
-        pub.send_multipart(depth_message(stream, WARMUP + i))
-        if sub.recv(timeout=0.05) is not None:
-            return
-    raise AssertionError("subscriber never connected")
+def wait_subscribed(pub, *topics, timeout: float = 30.0) -> None:
+    """Wait on the publishing socket until a subscription to each of `topics` arrived (a topic
+    listed twice: from two subscribers). Once it has arrived, that subscriber gets everything
+    published after it (PUB drops what is published before)."""
+    waiting = [b"\x01" + t for t in topics]
+    deadline = time.monotonic() + timeout
+    while waiting:
+        left = deadline - time.monotonic()
+        assert left > 0 and pub.poll(left * 1000), f"subscriptions never arrived: {waiting}"
+        msg = pub.recv()
+        if msg in waiting:
+            waiting.remove(msg)
+
+
+def wait_received(sub: DepthSubscriber, n: int, timeout: float = 30.0) -> None:
+    """Wait until a newest_only subscriber's receiver thread has taken `n` frames off its socket
+    while the consumer reads nothing. The thread notifies its condition for every message it keeps;
+    DepthSubscriber has no public wait for this, so the test waits on that condition."""
+    receiver = sub._newest
+    with receiver._cond:
+        arrived = receiver._cond.wait_for(lambda: receiver.received >= n, timeout)
+    assert arrived, f"{sub.received} of {n} frames arrived"
 
 
 def recv_frames(sub, n):
-    """The next n (header, depth), skipping late warm-up messages."""
+    """The next n (header, depth)."""
     out = []
     while len(out) < n:
         item = sub.recv(timeout=5.0)
         assert item is not None, f"got only {out}"
-        if item[0]["index"] < WARMUP:
-            out.append(item)
+        out.append(item)
     return out
 
 
 def test_subscriber_yields_header_and_depth_and_skips_malformed(publisher):
     pub, endpoint = publisher
     with DepthSubscriber(endpoint, timeout=2.0) as sub:
-        wait_subscribed(pub, sub, "cam")
+        wait_subscribed(pub, ALL)
         bad = [
             [topic("cam"), b"{not json"],
             [topic("cam"), json.dumps({"v": 1, "kind": "frame", "stream": "cam"}).encode()],
@@ -103,8 +116,7 @@ def test_stream_filter(publisher):
         DepthSubscriber(endpoint, streams=["a"]) as sub_a,
         DepthSubscriber(endpoint, streams=["b"]) as sub_b,
     ):
-        wait_subscribed(pub, sub_a, "a")
-        wait_subscribed(pub, sub_b, "b")
+        wait_subscribed(pub, topic("a"), topic("b"))
         for i in range(3):
             pub.send_multipart(depth_message("a", i))
             pub.send_multipart(depth_message("b", 10 + i))
@@ -117,19 +129,14 @@ def test_stream_filter(publisher):
 def test_newest_only_gives_a_slow_consumer_the_newest_frame(publisher):
     pub, endpoint = publisher
     with DepthSubscriber(endpoint, newest_only=True) as sub:
-        wait_subscribed(pub, sub, "s")
-        # a message of its own stream, received last: nothing from before is still on the way
-        pub.send_multipart(depth_message("sync", 0))
-        while (item := sub.recv(timeout=5.0)) is not None and item[0]["stream"] != "sync":
-            pass
-        assert item is not None
+        wait_subscribed(pub, ALL)
+        pub.send_multipart(depth_message("sync", 0))  # read before the burst: nothing waits
+        header, _ = sub.recv(timeout=5.0)
+        assert (header["stream"], header["index"]) == ("sync", 0)
         base = sub.received
         for i in range(20):
             pub.send_multipart(depth_message("s", i, shape=(120, 160)))
-        deadline = time.monotonic() + 10
-        while sub.received < base + 20:  # the consumer is busy while all 20 arrive
-            assert time.monotonic() < deadline, "frames did not arrive"
-            time.sleep(0.01)
+        wait_received(sub, base + 20)  # the consumer is busy while all 20 arrive
         header, depth = sub.recv(timeout=1.0)
         assert header["index"] == 19 and np.all(depth == 19)  # the newest, not the oldest
         assert sub.skipped >= 19
@@ -203,7 +210,16 @@ def test_pipeline_publishes_depth_to_subscribers(tiny_checkpoint):
     cfg = {
         "sources": [{"uri": "external", "id": "cam", "kind": "external"}],
         "model": {"checkpoint": tiny_checkpoint},
-        "outputs": {"zmq": {"endpoint": "tcp://127.0.0.1:*", "publish_view": True, "hwm": 100}},
+        "outputs": {
+            "zmq": {
+                "endpoint": "tcp://127.0.0.1:*",
+                "publish_view": True,
+                "hwm": 100,
+                # the frame waits at the sink until the subscription is in effect
+                "wait_subscribers": 1,
+                "wait_timeout_s": 60,
+            }
+        },
         "metrics": {"interval_s": 0},
     }
     pipe = Pipeline(cfg, engine_factory=eager_factory(tiny_checkpoint)).start()
@@ -211,12 +227,8 @@ def test_pipeline_publishes_depth_to_subscribers(tiny_checkpoint):
     sender = FrameSender(pipe.endpoints["preprocess.lossless"], "cam", context=pipe.context)
     frame = frame_at(0, 50, 70)
     with DepthSubscriber(pipe.endpoints["publish"]) as sub:
-        msg = None
-        for _ in range(200):  # frames are published before the subscription lands: retry
-            sender.send(frame)
-            msg = sub.recv_message(timeout=0.1)
-            if msg is not None:
-                break
+        assert sender.send(frame)
+        msg = sub.recv_message(timeout=60)
         assert msg is not None
         header, depth = msg.header, msg.arrays["depth"]
         assert header["stream"] == "cam" and header["units"] == "m"
@@ -233,7 +245,7 @@ def test_pipeline_publishes_depth_to_subscribers(tiny_checkpoint):
 def test_end_of_stream_is_recorded_and_ends_iteration_with_until_end(publisher):
     pub, endpoint = publisher
     with DepthSubscriber(endpoint, until_end=True, timeout=5.0) as sub:
-        wait_subscribed(pub, sub, "a")
+        wait_subscribed(pub, ALL)
         bad_eos = [
             messages.encode(messages.eos_header("a"), {"depth": np.zeros(2, np.float32)},
                             topic=topic("a")),  # an end with arrays
@@ -248,7 +260,7 @@ def test_end_of_stream_is_recorded_and_ends_iteration_with_until_end(publisher):
         pub.send_multipart(depth_message("a", 3))
         pub.send_multipart(eos_message("a"))
         t0 = time.monotonic()
-        got = [(h["stream"], h["index"]) for h, _ in sub if h["index"] < WARMUP]
+        got = [(h["stream"], h["index"]) for h, _ in sub]
         elapsed = time.monotonic() - t0
         # every frame, in order, then the loop ended at the ends, not after the 5 s timeout
         assert got == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("a", 3)]
@@ -271,13 +283,11 @@ def test_end_of_stream_of_watched_streams_only(publisher):
         DepthSubscriber(endpoint, streams=["a", "b"], until_end=True) as both,
         DepthSubscriber(endpoint, streams=["a"]) as plain,
     ):
-        for sub in (both, plain):
-            wait_subscribed(pub, sub, "a")
-        wait_subscribed(pub, both, "b")
+        wait_subscribed(pub, topic("a"), topic("b"), topic("a"))  # both: a and b; plain: a
         pub.send_multipart(eos_message("a"))
         pub.send_multipart(depth_message("b", 0))
         pub.send_multipart(eos_message("b"))
-        got = [(h["stream"], h["index"]) for h, _ in both if h["index"] < WARMUP]
+        got = [(h["stream"], h["index"]) for h, _ in both]
         assert got == [("b", 0)]  # ended at b's end: a had ended already
         assert both.ended == {"a", "b"} and both.finished
         pub.send_multipart(depth_message("a", 7))  # "a" again, after its end
@@ -292,21 +302,17 @@ def test_newest_only_never_drops_the_end_of_stream(publisher):
     pub, endpoint = publisher
     with DepthSubscriber(endpoint, newest_only=True, until_end=True, timeout=5.0) as sub:
         assert sub.wait_connected(timeout=10)
-        wait_subscribed(pub, sub, "sync")
-        pub.send_multipart(depth_message("sync", 0))  # received last: no warm-up left behind
-        while (item := sub.recv(timeout=5.0)) is not None and item[0]["index"] != 0:
-            pass
-        assert item is not None
+        wait_subscribed(pub, ALL)
+        pub.send_multipart(depth_message("sync", 0))  # read before the burst: nothing waits
+        header, _ = sub.recv(timeout=5.0)
+        assert (header["stream"], header["index"]) == ("sync", 0)
         base = sub.received
         pub.send_multipart(eos_message("sync"))
         for i in range(20):
             pub.send_multipart(depth_message("s", i, shape=(120, 160)))
         pub.send_multipart(eos_message("s"))
         pub.send_multipart(depth_message("marker", 0))  # arrives after the end of "s"
-        deadline = time.monotonic() + 10
-        while sub.received < base + 21:  # the consumer is busy while everything arrives
-            assert time.monotonic() < deadline, "frames did not arrive"
-            time.sleep(0.01)
+        wait_received(sub, base + 21)  # the consumer is busy while everything arrives
         pub.send_multipart(eos_message("marker"))
         got = [(h["stream"], h["index"], float(d[0, 0])) for h, d in sub]
         assert got == [("s", 19, 19.0), ("marker", 0, 0.0)]
@@ -319,20 +325,16 @@ def test_newest_only_keeps_the_last_end_and_the_frames_around_it(publisher):
     the newest frame before the last end, the end, and the newest frame after it."""
     pub, endpoint = publisher
     with DepthSubscriber(endpoint, newest_only=True) as sub:
-        wait_subscribed(pub, sub, "sync")
-        pub.send_multipart(depth_message("sync", 0))  # received last: no warm-up left behind
-        while (item := sub.recv(timeout=5.0)) is not None and item[0]["index"] != 0:
-            pass
-        assert item is not None
+        wait_subscribed(pub, ALL)
+        pub.send_multipart(depth_message("sync", 0))  # read before the burst: nothing waits
+        header, _ = sub.recv(timeout=5.0)
+        assert (header["stream"], header["index"]) == ("sync", 0)
         base, skipped = sub.received, sub.skipped
         for i in range(4):
             pub.send_multipart(depth_message("s", i))
             if i < 3:
                 pub.send_multipart(eos_message("s"))
-        deadline = time.monotonic() + 10
-        while sub.received < base + 4:  # the consumer is busy while everything arrives
-            assert time.monotonic() < deadline, "frames did not arrive"
-            time.sleep(0.01)
+        wait_received(sub, base + 4)  # the consumer is busy while everything arrives
         header, _ = sub.recv(timeout=5.0)
         assert header["index"] == 2 and sub.ended == set()
         header, _ = sub.recv(timeout=5.0)  # after the end, which was recorded, the new start

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import yaml
@@ -60,7 +61,9 @@ def test_full_yaml_file_loads_into_typed_config(tmp_path):
         0.1,
     )
     assert (clip.id, clip.mode, clip.pace, clip.input_size) == ("source1", "live", True, (224, 320))
-    assert (images.uri, images.kind, images.mode) == ("frames/*.png", "auto", "auto")
+    # A file's relative paths are relative to the file (images); cameras and URLs are not paths.
+    images_uri = os.path.join(os.path.realpath(tmp_path), "frames", "*.png")
+    assert (images.uri, images.kind, images.mode) == (images_uri, "auto", "auto")
     assert cfg.model.input_size == (352, 1216) and cfg.model.max_batch == 4
     assert cfg.model.max_wait_ms == 10.0 and isinstance(cfg.model.max_wait_ms, float)
     assert cfg.postprocess.depth_range == (0.5, 80.0) and cfg.postprocess.side_by_side

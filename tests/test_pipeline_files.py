@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import cv2
@@ -48,6 +49,11 @@ def ffv1(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def engine(tiny_checkpoint):
     return load_engine(tiny_checkpoint)
+
+
+def read_index(folder) -> list[list[str]]:
+    with open(os.path.join(folder, "index.csv"), newline="") as f:
+        return list(csv.reader(f))
 
 
 def reference_frames(media):
@@ -106,7 +112,14 @@ def test_lossless_sources_exactly_once_in_order_and_equal_to_the_model(
         )
         assert png.dtype == np.uint16
         np.testing.assert_array_equal(png, depth_to_png16(last.depth))
-        assert len(os.listdir(out / "files" / stream)) == 2 * len(frames)
+        names = {f"{i:06d}.{ext}" for i in range(len(frames)) for ext in ("npy", "png")}
+        if stream == "images":  # frames from image files: an index names their sources
+            names.add("index.csv")
+            sources = sorted(os.listdir(media["images"]))
+            assert read_index(out / "files" / stream) == [["npy", "png", "source"]] + [
+                [f"{i:06d}.npy", f"{i:06d}.png", name] for i, name in enumerate(sources)
+            ]
+        assert set(os.listdir(out / "files" / stream)) == names
         # colourised video: complete and playable
         video = read_video(str(out / f"depth_{stream}.avi"))
         assert len(video) == len(frames)

@@ -21,7 +21,7 @@ from pipeline_helpers import (
     write_video,
 )
 
-from pipeline import Pipeline, SourceError, StageError
+from pipeline import Pipeline, SourceError, StageError, Summary
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +223,40 @@ def test_ctrl_c_while_the_engine_loads_stops_cleanly(long_clip, tiny_checkpoint)
     summary = Pipeline(config_for(long_clip, tiny_checkpoint), engine_factory=factory).run()
     assert summary.outcome == "stopped" and summary.stopped_by == "SIGINT"
     assert summary.frames == {"clip": 0}
+    assert summary.startup_s == summary.duration_s and summary.fps == 0  # it never got running
     assert depthstream_threads() == []
+
+
+def test_headline_fps_is_over_the_running_time_and_start_up_is_shown_apart():
+    summary = Summary("finished", None, duration_s=10.0, frames={"a": 12, "b": 8}, startup_s=8.0)
+    assert summary.running_s == 2.0 and summary.fps == 10.0
+    head = summary.format().splitlines()[0]
+    assert head == "depthstream finished: 20 frames in 2.0 s (10.0 fps), start-up 8.0 s, engine: "
+    d = summary.to_dict()
+    assert (d["duration_s"], d["startup_s"], d["running_s"], d["fps"]) == (10.0, 8.0, 2.0, 10.0)
+
+
+def test_start_up_ends_when_every_stage_is_ready(long_clip, tiny_checkpoint):
+    """Start-up: start() until the engine is built and every stage ready; fps over the rest."""
+    built = {}
+
+    def factory():  # real work, timed from inside the inference thread
+        t0 = time.monotonic()
+        engine = load_engine(tiny_checkpoint)
+        engine(np.zeros((1, 3, 64, 96), np.float32))  # a warm-up call, as compiled backends make
+        built["s"] = time.monotonic() - t0
+        return engine
+
+    cfg = config_for(long_clip, tiny_checkpoint)
+    cfg["sources"][0]["max_frames"] = 20
+    summary = Pipeline(cfg, engine_factory=factory).run()
+    assert summary.frames == {"clip": 20}
+    assert built["s"] <= summary.startup_s < summary.duration_s
+    assert summary.running_s == round(summary.duration_s - summary.startup_s, 3)
+    assert summary.fps == pytest.approx(20 / summary.running_s)
+    head = summary.format().splitlines()[0]
+    assert f"20 frames in {summary.running_s:.1f} s ({summary.fps:.1f} fps)" in head
+    assert f"start-up {summary.startup_s:.1f} s" in head
 
 
 def test_periodic_metrics_line_and_final_summary_are_logged(long_clip, tiny_checkpoint, caplog):

@@ -7,7 +7,6 @@ import time
 
 import pytest
 from pipeline_helpers import (
-    StreamServer,
     assert_fails_at_once,
     depthstream_threads,
     free_port,
@@ -16,6 +15,7 @@ from pipeline_helpers import (
     total_drops,
     write_video,
 )
+from stream_server import StreamServer
 from system_tools import needs_ffmpeg
 
 from pipeline import Pipeline

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from pipeline_helpers import (
-    StreamServer,
+    LogWatch,
     assert_fails_at_once,
     depthstream_threads,
     eager_factory,
@@ -22,9 +22,9 @@ from pipeline_helpers import (
     latency_bound_ms,
     slow_factory,
     total_drops,
-    wait_until,
     write_video,
 )
+from stream_server import StreamServer
 from system_tools import needs_ffmpeg, needs_rtsp
 
 from pipeline import Pipeline, StageError
@@ -70,22 +70,27 @@ def test_stream_reaches_depth_with_bounded_latency_and_reconnects_after_server_r
     pipe = Pipeline(cfg, engine_factory=slow_factory(tiny_checkpoint, 0.08))
     got, after = [], []
     restarted_at = None
+    # what the source logs when it notices the stream is gone, as it counts the disconnect
+    gone = LogWatch("pipeline", "source net: no frame from")
     results = pipe.results(timeout=10)
     try:
-        for r in results:
-            got.append(r)
-            if restarted_at is None and len(got) == 5:
-                server.stop()  # the stream goes away mid-way...
-                # ...long enough for the source to notice (for udp: a silence > read_timeout_s;
-                # a sender back sooner is just more datagrams, no reconnect needed)...
-                wait_until(lambda: capture_events(pipe).get("disconnects", 0) >= 1, 10,
-                           f"the {protocol} source to notice the server is gone")  # fmt: skip
-                server = StreamServer(clip, port=server.port, protocol=protocol).start()
-                restarted_at = time.monotonic()  # ...and comes back on the same port
-            elif restarted_at is not None and r.t_capture > restarted_at:
-                after.append(r)
-                if len(after) == 5:
-                    pipe.stop()
+        with gone:
+            for r in results:
+                got.append(r)
+                if restarted_at is None and len(got) == 5:
+                    server.stop()  # the stream goes away mid-way...
+                    # ...long enough for the source to notice (for udp: a silence >
+                    # read_timeout_s; a sender back sooner is just more datagrams, no reconnect
+                    # needed)...
+                    noticed = gone.seen.wait(30)
+                    assert noticed, f"the {protocol} source did not notice the server is gone"
+                    assert capture_events(pipe).get("disconnects", 0) >= 1
+                    server = StreamServer(clip, port=server.port, protocol=protocol).start()
+                    restarted_at = time.monotonic()  # ...and comes back on the same port
+                elif restarted_at is not None and r.t_capture > restarted_at:
+                    after.append(r)
+                    if len(after) == 5:
+                        pipe.stop()
     finally:
         results.close()  # on a failure: stops and joins the pipeline
         server.stop()

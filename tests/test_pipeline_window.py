@@ -33,7 +33,6 @@ HEIGHT, WIDTH = 120, 160  # the clip's frames
 FRAMES = 300  # paced at 25 fps: 12 s if q did not stop the run
 
 
-
 @dataclass
 class XServer:
     display: str  # ":N"
@@ -345,7 +344,7 @@ import sys
 import numpy as np
 from pipeline.config import WindowSinkConfig
 from pipeline.results import DepthResult
-from pipeline.sinks import WindowSink
+from pipeline.display import WindowSink
 sink = WindowSink(WindowSinkConfig(title="left"), lambda reason: None)
 view = np.full((60, 80, 3), (0, 0, 255), np.uint8)
 sink.write(DepthResult({"stream": "open"}, np.zeros((60, 80), np.float32), view))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -19,8 +20,8 @@ from pipeline_helpers import (
     read_video,
     reference_depth,
     total_drops,
-    wait_until,
     write_video,
+    xpub_on_tcp,
 )
 
 from pipeline import DepthSubscriber, EndpointError, Pipeline, StageError, messages
@@ -51,13 +52,8 @@ def eos_message(stream: str) -> list:
 @pytest.fixture
 def xpub():
     """A publishing socket as the sink stage makes it (XPUB_VERBOSER), on a random tcp port."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.XPUB)
-    sock.setsockopt(zmq.XPUB_VERBOSER, 1)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    yield sock, f"tcp://127.0.0.1:{port}"
-    sock.close(0)
-    ctx.term()
+    with xpub_on_tcp(zmq.XPUB_VERBOSER) as pub:
+        yield pub
 
 
 def subscriptions(sink: PublishSink, n: int, timeout_s: float = 10.0) -> None:
@@ -124,15 +120,32 @@ def clip(tmp_path_factory) -> str:
     return write_video(str(tmp_path_factory.mktemp("clip") / "clip.avi"), FRAMES, 80, 64, "MJPG")
 
 
+def sink_waiting(monkeypatch) -> threading.Event:
+    """Set when the sink stage first takes the subscriptions off its publishing socket: with
+    `wait_subscribers`, that is once the first frame is in its hands and it starts waiting for
+    them (nothing reads the socket before: PublishSink.update is what does)."""
+    waiting = threading.Event()
+    update = PublishSink.update
+
+    def watched(sink: PublishSink) -> int:
+        n = update(sink)
+        waiting.set()
+        return n
+
+    monkeypatch.setattr(PublishSink, "update", watched)
+    return waiting
+
+
 def test_a_late_subscriber_gets_every_frame_of_a_file_with_wait_subscribers(
-    clip, tiny_checkpoint, one_torch_thread
+    clip, tiny_checkpoint, one_torch_thread, monkeypatch
 ):
     """The pipeline runs, its first frame waits at the sink, and only then a subscriber connects:
     it receives every frame, none missing, and the summary says who was connected."""
     cfg = clip_config(clip, tiny_checkpoint, wait_subscribers=1, hwm=100)
+    at_sink = sink_waiting(monkeypatch)
     pipe = Pipeline(cfg, engine_factory=eager_factory(tiny_checkpoint)).start()
     try:
-        wait_until(lambda: pipe.metrics()["postprocess"]["sent"] >= 1, 30, "a frame at the sink")
+        assert at_sink.wait(30), "no frame reached the sink"
         assert pipe.metrics()["sink"]["processed"] == 0  # nothing went out yet
         with DepthSubscriber(pipe.endpoints["publish"], until_end=True, timeout=30) as sub:
             got = list(sub)
@@ -168,10 +181,11 @@ def test_no_subscriber_in_time_is_a_clear_error(clip, tiny_checkpoint):
     assert depthstream_threads() == []
 
 
-def test_stop_while_waiting_for_subscribers(clip, tiny_checkpoint):
+def test_stop_while_waiting_for_subscribers(clip, tiny_checkpoint, monkeypatch):
     cfg = clip_config(clip, tiny_checkpoint, wait_subscribers=1, wait_timeout_s=60)
+    at_sink = sink_waiting(monkeypatch)
     pipe = Pipeline(cfg, engine_factory=eager_factory(tiny_checkpoint)).start()
-    wait_until(lambda: pipe.metrics()["postprocess"]["sent"] >= 1, 30, "a frame at the sink")
+    assert at_sink.wait(30), "no frame reached the sink"
     t0 = time.monotonic()
     pipe.stop()
     summary = pipe.join(timeout=30)

@@ -1,15 +1,24 @@
-"""Inference backends: each module has `build(model, spec) -> Runner`; engine.py picks one.
+"""Inference backends: a registry of name -> module; glpn/planning.py and engine.py pick one.
 
-A backend receives an `InferenceGLPN` (float32, CPU) and a `BuildSpec`, and returns a `Runner`: a
+Each backend module has two functions:
+    unavailable(precision, device, input_size) -> str | None
+        why it cannot run this request here (a message naming the option), or None if it can;
+    build(model, spec) -> Runner.
+Modules are imported on first use (the registry holds their names), so listing or checking
+backends never imports an optional package.
+
+`build` receives an `InferenceGLPN` (float32, CPU) and a `BuildSpec`, and returns a `Runner`: a
 callable from a (b, 3, h, w) float32 tensor on the spec's device to (b, h, w) depth in metres. It
-raises `BackendUnavailable` when the machine cannot run it; engine.py turns that into an
-EngineError naming the option.
+raises `BackendUnavailable` when the machine cannot run it after all (a failed TensorRT build);
+engine.py turns that into an EngineError naming the option.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import torch
 
@@ -39,12 +48,19 @@ class Runner:
     notes: dict = field(default_factory=dict)  # what describe() reports: cache status, paths...
 
 
-BACKENDS = ("eager", "compile", "tensorrt", "onnxruntime")
+# Backend name -> module in this package (imported on first use).
+_MODULES = {
+    "eager": "eager",
+    "compile": "compiled",
+    "tensorrt": "tensorrt",
+    "onnxruntime": "onnxrt",
+}
+BACKENDS = tuple(_MODULES)
 ALIASES = {"onnx": "onnxruntime", "compiled": "compile", "trt": "tensorrt"}  # accepted spellings
 
 
 def canonical_name(name: str) -> str:
-    """"auto", a backend's name, or an alias of one -> the name; ValueError listing the valid."""
+    """ "auto", a backend's name, or an alias of one -> the name; ValueError listing the valid."""
     name = ALIASES.get(name, name)
     if name != "auto" and name not in BACKENDS:
         valid = ", ".join(("auto", *BACKENDS, *ALIASES))
@@ -52,15 +68,19 @@ def canonical_name(name: str) -> str:
     return name
 
 
-def build(name: str, model: torch.nn.Module, spec: BuildSpec) -> Runner:
-    if name == "eager":
-        from . import eager as backend
-    elif name == "compile":
-        from . import compiled as backend
-    elif name == "tensorrt":
-        from . import tensorrt as backend
-    elif name == "onnxruntime":
-        from . import onnxrt as backend
-    else:
+def module(name: str) -> ModuleType:
+    """The module of backend `name` (a canonical name, see canonical_name)."""
+    if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}")
-    return backend.build(model, spec)
+    return importlib.import_module(f".{_MODULES[name]}", __name__)
+
+
+def unavailable(
+    name: str, precision: str, device: torch.device, input_size: tuple[int, int] | None
+) -> str | None:
+    """Why backend `name` cannot run `precision` on `device` here, or None if it can."""
+    return module(name).unavailable(precision, device, input_size)
+
+
+def build(name: str, model: torch.nn.Module, spec: BuildSpec) -> Runner:
+    return module(name).build(model, spec)

@@ -14,14 +14,26 @@ import torch
 from torch import nn
 
 from . import BackendUnavailable, BuildSpec, Runner
-from .eager import input_adapter, prepare
+from .eager import input_adapter, precision_unavailable, prepare
+
+
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def unavailable(precision: str, device: torch.device, input_size) -> str | None:
+    if input_size is None:
+        return "backend='compile' compiles for a fixed shape: pass input_size=(h, w)"
+    if device.type == "cuda" and not _has_triton():
+        return "backend='compile' on CUDA needs triton"
+    return precision_unavailable(precision, device)
 
 
 def build(model: nn.Module, spec: BuildSpec) -> Runner:
     if spec.input_size is None:
         raise BackendUnavailable("compiles for a fixed input size: pass input_size=(h, w)")
     cuda = spec.device.type == "cuda"
-    if cuda and importlib.util.find_spec("triton") is None:
+    if cuda and not _has_triton():
         raise BackendUnavailable("needs triton on CUDA (it ships with CUDA builds of torch)")
     mode = spec.compile_mode or ("reduce-overhead" if cuda else "default")
     # One graph per batch size: recompiles must not hit dynamo's limit and fall back to eager.

@@ -5,8 +5,34 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import hardware
 from ..precision import DTYPES, cast_model
 from . import BuildSpec, Runner
+
+
+def precision_unavailable(precision: str, device: torch.device) -> str | None:
+    """Why PyTorch kernels cannot run `precision` fast on `device`, or None: emulated fp16 / bf16
+    on a CPU are many times slower than fp32, so they are refused rather than run."""
+    if device.type == "cpu":
+        cpu = hardware.cpu_features()  # looked up at call time: tests make it another CPU
+        if precision == "fp16" and not cpu.native_fp16:
+            return (
+                f"precision='fp16' on CPU needs AVX512-FP16 or AMX-FP16, which {cpu.name} lacks "
+                "(torch would emulate it, slower than fp32); use precision='fp32'"
+            )
+        if precision == "bf16" and not cpu.native_bf16:
+            return (
+                f"precision='bf16' on CPU needs AVX512-BF16 or AMX, which {cpu.name} lacks "
+                "(torch would emulate it, many times slower than fp32); use precision='fp32'"
+            )
+    elif precision == "bf16" and not torch.cuda.is_bf16_supported():
+        gpu = hardware.gpu_description(device)
+        return f"precision='bf16' needs an Ampere or newer GPU, not {gpu}"
+    return None
+
+
+def unavailable(precision: str, device: torch.device, input_size) -> str | None:
+    return precision_unavailable(precision, device)
 
 
 def prepare(model: nn.Module, spec: BuildSpec) -> nn.Module:

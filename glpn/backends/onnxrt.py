@@ -17,8 +17,20 @@ from ..hardware import package_version
 from . import BackendUnavailable, BuildSpec, Runner
 
 
+def _version() -> str | None:
+    return package_version("onnxruntime") or package_version("onnxruntime-gpu")
+
+
+def unavailable(precision: str, device: torch.device, input_size) -> str | None:
+    if _version() is None:
+        return "backend='onnxruntime' needs onnxruntime (pip install depthstream[onnx])"
+    if precision != "fp32":
+        return f"backend='onnxruntime' runs fp32 graphs only, not precision={precision!r}"
+    return None
+
+
 def build(model: nn.Module, spec: BuildSpec) -> Runner:
-    version = package_version("onnxruntime") or package_version("onnxruntime-gpu")
+    version = _version()
     if version is None:
         raise BackendUnavailable("needs onnxruntime (pip install depthstream[onnx])")
     if spec.precision != "fp32":

@@ -36,6 +36,19 @@ def available(device: torch.device) -> tuple[bool, str]:
     return True, f"torch-tensorrt {package_version('torch_tensorrt')}"
 
 
+def unavailable(precision: str, device: torch.device, input_size) -> str | None:
+    if device.type == "cpu":
+        return "backend='tensorrt' needs a CUDA device; on CPU use 'eager' or 'onnxruntime'"
+    if input_size is None:
+        return "backend='tensorrt' compiles for a fixed shape: pass input_size=(h, w)"
+    ok, why = available(device)
+    if not ok:
+        return f"backend='tensorrt' {why}"
+    if precision == "bf16":
+        return "backend='tensorrt' is built for fp16 or fp32 here; use precision='fp16'"
+    return None
+
+
 class _Float32IO(nn.Module):
     """float32 in and out around a reduced-precision model, so the engine's I/O is float32."""
 

@@ -1,0 +1,147 @@
+"""The command line: every option, its type check, and the config key it sets (in its help)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from typing import Any
+
+from .exits import EPILOG, EXIT_USAGE
+from .resources import named_configs, version
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _input_size(text: str) -> tuple[int, int] | str:
+    if text.lower() == "auto":
+        return "auto"
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH (e.g. 352x1216) or auto")
+    h, w = int(m[1]), int(m[2])
+    if h < 32 or w < 32 or h % 32 or w % 32:
+        raise argparse.ArgumentTypeError(f"{h}x{w}: height and width must be multiples of 32")
+    return h, w
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _video_path(text: str) -> str:
+    if os.path.splitext(text)[1].lower() not in (".avi", ".mp4"):
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .avi (MJPG) or .mp4 (mp4v)")
+    return text
+
+
+def _endpoint(text: str) -> str:
+    if not re.match(r"^(tcp|ipc)://.+", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a ZeroMQ endpoint another program can reach "
+            "(tcp://HOST:PORT or ipc://PATH)"
+        )
+    return text
+
+
+def _backend(text: str) -> str:
+    """The backend's one name (onnx -> onnxruntime); an unknown one is refused while parsing."""
+    from glpn.backends import canonical_name  # the one place that knows the names and aliases
+
+    try:
+        return canonical_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    names = ", ".join(named_configs())
+    p = _Parser(
+        description="Metric depth (GLPN) from cameras, video files, network streams and image "
+        "folders, saved to files/video and published over ZeroMQ. Without arguments: the demo "
+        "(bundled clip, random weights unless --checkpoint) writing to ./outputs/demo/. "
+        "Options override the config file; [brackets] name the config key each one sets.",
+        epilog=EPILOG,
+    )
+    # (flags, keyword arguments): one entry per option, help text last.
+    options: list[tuple[str, dict[str, Any]]] = [
+        ("--source", dict(action="append", metavar="SRC", help=(
+            "camera index (0), video file, stream URL (rtsp://, http://, udp://, tcp://), image "
+            "directory or glob; repeat for several streams. ID=SRC names the stream (default "
+            "source0, source1, ...). Replaces the config's sources. [sources]"))),
+        ("--checkpoint", dict(metavar="DIR", help=(
+            "Hugging Face format checkpoint directory (config.json + model.safetensors), or a "
+            "hub id such as vinvino02/glpn-kitti when huggingface_hub is installed and online. "
+            "Without it (and without model.checkpoint in the config) the model has RANDOM "
+            "weights. [model.checkpoint]"))),
+        ("--config", dict(metavar="FILE", help=(
+            f"YAML config file, or the name of a packaged one: {names} (without it: default, "
+            "the demo's). Every key is explained in configs/default.yaml; paths of sources and "
+            "checkpoints in a file are relative to the file"))),
+        ("--backend", dict(type=_backend, help=(
+            "inference backend: auto, eager, compile, onnx (onnxruntime), tensorrt "
+            "[model.backend]"))),
+        ("--precision", dict(choices=("auto", "fp32", "bf16", "fp16"), help=(
+            "numeric precision [model.precision]"))),
+        ("--device", dict(help="auto, cpu, cuda or cuda:N [model.device]")),
+        ("--batch", dict(type=_positive_int, metavar="N", help=(
+            "most frames per model call [model.max_batch]"))),
+        ("--input-size", dict(type=_input_size, metavar="HxW", help=(
+            "model input size, multiples of 32 (e.g. 480x640), or auto: each source's size "
+            "rounded down to multiples of 32 [model.input_size]"))),
+        ("--mode", dict(choices=("live", "lossless"), help=(
+            "live: newest frame wins, drops counted (default for cameras and URLs); lossless: "
+            "every frame in order (default for files and images). For every source. "
+            "[sources[*].mode]"))),
+        ("--pace", dict(action="store_true", help=(
+            "replay files and images at their frame rate, as a camera would deliver them "
+            "(with --mode live: drops what inference cannot keep up with) [sources[*].pace]"))),
+        ("--save-depth", dict(metavar="DIR", help=(
+            "write per-frame depth: DIR/000000.npy, ... (float32 metres, source size); with "
+            "several sources DIR/<stream id>/ [outputs.files.directory]"))),
+        ("--depth-format", dict(choices=("npy", "png16", "both"), help=(
+            "files of --save-depth: npy (default), png16 (uint16, depth*256, KITTI) or both "
+            "[outputs.files.npy/png]"))),
+        ("--save-video", dict(type=_video_path, metavar="FILE", help=(
+            "colourised depth video, .avi (MJPG) or .mp4 (mp4v); several sources: FILE_<id>.ext, "
+            "or put {stream} in the name [outputs.video.path]"))),
+        ("--side-by-side", dict(action="store_true", help=(
+            "video/window show the input next to the depth [postprocess.side_by_side]"))),
+        ("--publish", dict(type=_endpoint, metavar="ENDPOINT", help=(
+            "ZeroMQ PUB endpoint for other programs (pipeline.client.DepthSubscriber), e.g. "
+            "tcp://127.0.0.1:5556; a loopback address unless the network should reach it "
+            "[outputs.zmq.endpoint]"))),
+        ("--display", dict(action="store_true", help=(
+            "show the depth in a window (q or Esc stops) [outputs.window]"))),
+        ("--max-frames", dict(type=_positive_int, metavar="N", help=(
+            "stop each source after N frames [sources[*].max_frames]"))),
+        ("--log-level", dict(default="info", choices=("debug", "info", "warning", "error"), help=(
+            "logging detail (default info); debug also prints tracebacks"))),
+        ("--metrics-interval", dict(type=_seconds, metavar="SEC", help=(
+            "seconds between metrics log lines, 0: off [metrics.interval_s]"))),
+        ("--summary-json", dict(metavar="FILE", help=(
+            "also write the final summary (per-stage counts, drops, latencies) as JSON"))),
+    ]  # fmt: skip
+    for flag, kwargs in options:
+        p.add_argument(flag, **kwargs)
+    p.add_argument("--version", action="version", version=f"depthstream {version()}")
+    return p
