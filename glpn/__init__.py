@@ -3,16 +3,18 @@
 from .checkpoint import CheckpointError
 from .config import PRESETS, ConfigError, GLPNConfig
 from .model import (
-    DepthEstimatorOutput,
     GLPNDepth,
     GLPNForDepthEstimation,
     GLPNModel,
+    GLPNPreTrainedModel,
     SiLogLoss,
 )
+from .outputs import BaseModelOutput, DepthEstimatorOutput, ModelOutput
 from .processing import GLPNFeatureExtractor, GLPNImageProcessor
 
 __all__ = [
     "PRESETS",
+    "BaseModelOutput",
     "CheckpointError",
     "ConfigError",
     "DepthEstimatorOutput",
@@ -22,5 +24,7 @@ __all__ = [
     "GLPNForDepthEstimation",
     "GLPNImageProcessor",
     "GLPNModel",
+    "GLPNPreTrainedModel",
+    "ModelOutput",
     "SiLogLoss",
 ]

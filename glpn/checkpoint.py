@@ -6,18 +6,26 @@ checked; a partial or mismatched load is an error that lists what is wrong.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import io
 import json
 import logging
 import os
 import re
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .config import CONFIG_NAME, ConfigError, GLPNConfig
+from .config import (
+    HUB_OPTIONS,
+    ConfigError,
+    GLPNConfig,
+    apply_kwargs,
+    config_file,
+    resolve_directory,
+)
 from .fileio import atomic_write
 from .hub import CheckpointError, resolve_checkpoint_dir
 
@@ -121,32 +129,82 @@ def _config_summary(model: nn.Module) -> str:
 
 def load_pretrained(
     cls,
-    path: str | os.PathLike,
+    pretrained_model_name_or_path: str | os.PathLike | None = None,
     *,
-    config: GLPNConfig | None = None,
-    map_location="cpu",
-    **config_overrides,
+    config: GLPNConfig | str | os.PathLike | None = None,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype | str | None = None,
+    torch_dtype: torch.dtype | str | None = None,
+    output_loading_info: bool = False,
+    map_location: str | torch.device = "cpu",
+    **kwargs: Any,
 ):
-    directory = resolve_checkpoint_dir(path)
-    if config is None:
-        config_file = os.path.join(directory, CONFIG_NAME)
-        if not os.path.isfile(config_file):
-            raise CheckpointError(f"{directory}: no {CONFIG_NAME}")
+    """`cls` from a checkpoint directory or hub id, with transformers' keywords.
+
+    `config=`: a GLPNConfig (copied) or where to read one. `state_dict=`: these weights instead of
+    the files (then the path may be None, given `config=`). `dtype=` (or `torch_dtype=`): a torch
+    dtype or its name, or "auto" for the config's dtype else the weights'; default float32 (the
+    engine's accuracy gate needs a float32 reference). Hub options (`revision`, `cache_dir`,
+    `token`, `local_files_only`, `force_download`) are used only for a hub id. Keywords that are
+    config attributes override the config; the others go to `cls(config, ...)`, so an unknown one
+    is a TypeError, as in transformers. Any mismatch between model and weights raises, so
+    `output_loading_info=True` returns empty lists beside the model.
+    """
+    path = pretrained_model_name_or_path
+    hub = {k: kwargs.pop(k) for k in HUB_OPTIONS if k in kwargs}
+    directory = resolve_directory(path, hub) if path is not None else None
+    if isinstance(config, GLPNConfig):
+        config = copy.deepcopy(config)  # the caller's config is not changed
+    else:
+        where = config if config is not None else directory
+        if where is None:
+            raise CheckpointError("from_pretrained needs a checkpoint path or config=")
         try:
-            config = GLPNConfig.from_json_file(config_file)
+            config = GLPNConfig.from_json_file(config_file(where, hub))
         except ConfigError as e:
             raise CheckpointError(str(e)) from None
-    if config_overrides:
-        config = dataclasses.replace(config, **config_overrides)
-    model = cls(config)
-    check_and_load(model, load_state_dict(directory, map_location), directory)
-    return model.eval()
+    config, model_kwargs = apply_kwargs(config, {**kwargs, "return_unused_kwargs": True})
+    model = cls(config, **model_kwargs)
+    if state_dict is None:
+        if directory is None:
+            raise CheckpointError("from_pretrained needs a checkpoint path or state_dict=")
+        state_dict = load_state_dict(directory, map_location)
+    check_and_load(model, state_dict, directory or "state_dict")
+    target = _target_dtype(dtype if dtype is not None else torch_dtype, config, state_dict)
+    model.to(target)
+    config.dtype = target
+    if path is not None:
+        config.name_or_path = os.fspath(path)
+    model.eval()
+    if output_loading_info:
+        # transformers' shape; our loader raises on any mismatch, so a loaded model has none.
+        info = {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set()}
+        return model, {**info, "error_msgs": []}
+    return model
 
 
-def save_pretrained(model: nn.Module, path: str | os.PathLike, *, safe_serialization: bool = True):
+def _target_dtype(requested, config: GLPNConfig, state: dict[str, torch.Tensor]) -> torch.dtype:
+    if requested is None:
+        return torch.get_default_dtype()
+    if requested == "auto":
+        weights = (t.dtype for t in state.values() if t.is_floating_point())
+        return config.dtype or next(weights, torch.get_default_dtype())
+    dtype = getattr(torch, requested, None) if isinstance(requested, str) else requested
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be 'auto' or a floating torch dtype, got {requested!r}")
+    return dtype
+
+
+# The class name transformers records for each of ours (GLPNDepth has the depth model's weights).
+_ARCHITECTURES = ("GLPNModel", "GLPNForDepthEstimation")
+
+
+def save_pretrained(
+    model: nn.Module, save_directory: str | os.PathLike, *, safe_serialization: bool = True
+) -> None:
     """Write config.json and the weights; files are replaced atomically so a failure corrupts
-    nothing."""
-    path = os.fspath(path)
+    nothing. config.json records the architecture and the weights' dtype, as transformers does."""
+    path = os.fspath(save_directory)
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     name = SAFE_WEIGHTS if safe_serialization else TORCH_WEIGHTS
@@ -157,4 +215,8 @@ def save_pretrained(model: nn.Module, path: str | os.PathLike, *, safe_serializa
         torch.save(state, buffer)
         data = buffer.getvalue()
     atomic_write(os.path.join(path, name), data)  # usual permissions (0666 less the umask)
-    model.config.save_pretrained(path)
+    config = copy.deepcopy(model.config)
+    names = [c.__name__ for c in type(model).__mro__ if c.__name__ in _ARCHITECTURES]
+    config.architectures = [names[0] if names else "GLPNForDepthEstimation"]
+    config.dtype = next((t.dtype for t in state.values() if t.is_floating_point()), None)
+    config.save_pretrained(path)

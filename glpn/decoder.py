@@ -110,9 +110,11 @@ class DepthHead(nn.Module):
         self.head = nn.Sequential(
             nn.Conv2d(c, c, kernel_size=3, padding=1), nn.ReLU(), nn.Conv2d(c, 1, 3, padding=1)
         )
-        self.max_depth = float(config.max_depth)
+        # The model's config, read at each call as transformers does: `config.max_depth = 20`
+        # after building rescales the output (the fused engine copies it when it is built).
+        self.config = config
         self.head_in_index = config.head_in_index
 
     def forward(self, decoder_outputs: list[torch.Tensor]) -> torch.Tensor:
         x = self.head(decoder_outputs[self.head_in_index])  # (B, 1, H, W)
-        return (torch.sigmoid(x) * self.max_depth).squeeze(1)  # (B, H, W) metres
+        return (torch.sigmoid(x) * float(self.config.max_depth)).squeeze(1)  # (B, H, W) metres

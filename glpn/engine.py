@@ -193,7 +193,7 @@ class Engine:
         parts += [f"{k}: {v}" for k, v in self._runner.notes.items()]
         if self.gate is not None:
             verdict = "passed" if self.gate.passed else "FAILED"
-            parts.append(f"accuracy gate {verdict}: {self.gate.error}")
+            parts.append(f"accuracy gate {verdict}: {self.gate}")
         parts += [f"not used: {r}" for r in self.rejected]
         return "; ".join(parts)
 

@@ -21,6 +21,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from .config import MODEL_FIELDS
 from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ def weights_digest(model: nn.Module) -> str:
     """
     h = hashlib.sha256()
     config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    if config is not None:  # the fields that define the network, not where it was loaded from
+        fields = {name: getattr(config, name) for name in MODEL_FIELDS}
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())

@@ -12,6 +12,11 @@
 3. The head's last convolution (64 -> 1 at full resolution) as a 1x1 convolution to its 9 tap maps
    and 9 shifted adds (`TapSumConv`): the direct form runs far below GEMM speed on CPU.
 
+The depth itself is never reduced precision: the head's last convolution, the sigmoid and the
+scale to metres (`DepthOutput`) are a float32 island (glpn.precision) in every precision and
+backend. A bf16 output has 8 significant bits: at 40-80 m that is 0.25-0.5 m steps, banding that
+the mean relative error hides. The island costs one cast of the (B, 64, H, W) map to float32.
+
 `InferenceGLPN` is what every engine backend runs (eager, torch.compile, ONNX, TensorRT); the
 weights it derives are not a checkpoint format. tests/test_engine_fused.py checks it against
 `GLPNDepth` for several sizes, including ones that are not multiples of 32.
@@ -28,6 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .decoder import HEAD_UPSAMPLINGS, upsample_x2
 from .model import GLPNDepth, flip_averaged
+from .precision import Float32Island
 
 
 def _upsample_taps(steps: int) -> torch.Tensor:
@@ -161,6 +167,18 @@ class TapSumConv(nn.Module):
         return out
 
 
+class DepthOutput(nn.Module):
+    """(B, C, H, W) -> (B, H, W) metres: sigmoid(conv(x)) * max_depth, the head's last steps."""
+
+    def __init__(self, conv: nn.Module, max_depth: float) -> None:
+        super().__init__()
+        self.conv = conv  # C -> 1, 3x3 (nn.Conv2d or its TapSumConv form)
+        self.max_depth = float(max_depth)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.sigmoid(self.conv(x)) * self.max_depth).squeeze(1)
+
+
 def _graph_capture() -> bool:
     """True while torch.jit tracing, ONNX export, torch.compile or torch.export capture a graph."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
@@ -201,9 +219,11 @@ class InferenceGLPN(nn.Module):
         # Folding needs the head to read the last decoder output, which is exactly 2 x2 steps above
         # the last stage's fused map whatever the input size.
         self.folded = fold_upsampling and self.config.head_in_index in (-1, n - 1)
-        self.head = model.head
-        self.head_conv1 = PolyphaseUpsampleConv(head[0]) if self.folded else None
-        self.head_conv2 = TapSumConv(head[2]) if self.folded else head[2]
+        self.head_in_index = self.config.head_in_index
+        self.head_conv1 = PolyphaseUpsampleConv(head[0]) if self.folded else head[0]
+        last = TapSumConv(head[2]) if self.folded else head[2]
+        # float32 whatever the model is cast to (glpn.precision.cast_model): see the docstring.
+        self.output = Float32Island(DepthOutput(last, self.config.max_depth), float32_output=True)
         self.max_depth = float(self.config.max_depth)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -213,11 +233,11 @@ class InferenceGLPN(nn.Module):
 
     def _depth(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.encoder(pixel_values)
-        if not self.folded:
-            return self.head(self.decoder(features))
-        # (B, C, H/4, W/4): the decoder's last map, before the two x2 upsamplings that the folded
-        # convolution absorbs.
-        x = self.decoder.stage_outputs(features)[-1]
+        if self.folded:
+            # (B, C, H/4, W/4): the decoder's last map, before the two x2 upsamplings that the
+            # folded convolution absorbs.
+            x = self.decoder.stage_outputs(features)[-1]
+        else:
+            x = self.decoder(features)[self.head_in_index]  # (B, C, H, W)
         x = self.head_conv1(x).relu_()  # (B, C, H, W)
-        x = self.head_conv2(x)  # (B, 1, H, W)
-        return (torch.sigmoid(x) * self.max_depth).squeeze(1)
+        return self.output(x)  # (B, H, W) float32 metres

@@ -33,9 +33,11 @@ def is_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and not looks_local(path)
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
+def resolve_checkpoint_dir(path: str | os.PathLike, **hub_options) -> str:
     """A local directory as is; a hub id ("vinvino02/glpn-kitti") through huggingface_hub if
-    possible. A local path that does not exist is never looked up on the hub."""
+    possible. A local path that does not exist is never looked up on the hub. `hub_options`
+    (revision, cache_dir, token, force_download, local_files_only) go to
+    snapshot_download; a local directory ignores them, as in transformers."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return path
@@ -59,12 +61,17 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> str:
             f"{how}"
         ) from None
     patterns = [CONFIG_NAME, "*.safetensors", "*.bin", "*.json"]
-    try:  # the local cache first: works offline after one download
-        return snapshot_download(path, allow_patterns=patterns, local_files_only=True)
-    except Exception:
-        pass
+    options = {k: v for k, v in hub_options.items() if v is not None}
+    if not options.get("force_download"):
+        try:  # the local cache first: works offline after one download
+            cached = {**options, "local_files_only": True}
+            return snapshot_download(path, allow_patterns=patterns, **cached)
+        except Exception:
+            pass
+    if options.get("local_files_only"):
+        raise CheckpointError(f"{path}: not in the local hub cache (local_files_only=True); {how}")
     try:
-        return snapshot_download(path, allow_patterns=patterns)
+        return snapshot_download(path, allow_patterns=patterns, **options)
     except Exception as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: could not fetch from the hub ({reason}); {how}") from None

@@ -6,6 +6,8 @@ Attribute names follow the Hugging Face checkpoints (`patch_embeddings`, `block`
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,7 +71,15 @@ class EfficientSelfAttention(nn.Module):
             self.sr = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
             self.layer_norm = nn.LayerNorm(hidden_size, eps=LAYER_NORM_EPS)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        height: int,
+        width: int,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """`attentions`: when a list, softmax(QK^T / sqrt(d)) (B, nh, N, M) is computed explicitly
+        and appended to it; otherwise the fused kernel runs and the map never exists."""
         B, N, C = x.shape
         q = (
             self.query(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
@@ -85,7 +95,14 @@ class EfficientSelfAttention(nn.Module):
         )  # (B, nh, M, hd)
         v = self.value(kv).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
         drop = self.attn_drop if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, N, hd)
+        if attentions is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # (B, nh, N, hd)
+        else:
+            probs = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.head_dim), dim=-1)
+            # (B, nh, N, M), returned after dropout as the reference does
+            probs = F.dropout(probs, drop)
+            attentions.append(probs)
+            out = probs @ v  # (B, nh, N, hd)
         return out.transpose(1, 2).reshape(B, N, C)
 
 
@@ -114,8 +131,15 @@ class Attention(nn.Module):
         )
         self.output = AttentionOutput(hidden_size=hidden_size, drop=config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        return self.output(self.self(x, height, width))
+    def forward(
+        self,
+        x: torch.Tensor,
+        height: int,
+        width: int,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        # Positional: precision.Float32Island passes extra arguments on as *args.
+        return self.output(self.self(x, height, width, attentions))
 
 
 class DepthwiseConv(nn.Module):
@@ -188,9 +212,23 @@ class Block(nn.Module):
             drop=config.hidden_dropout_prob,
         )
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        x = x + self.drop_path(self.attention(self.layer_norm_1(x), height, width))
+    def forward(
+        self,
+        x: torch.Tensor,
+        height: int,
+        width: int,
+        attentions: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.drop_path(self.attention(self.layer_norm_1(x), height, width, attentions))
         return x + self.drop_path(self.mlp(self.layer_norm_2(x), height, width))
+
+
+def drop_path_rates(max_rate: float, layers: int) -> list[float]:
+    """Stochastic depth rising linearly from 0 to max_rate over all layers (torch.linspace's values,
+    in plain Python so that the encoder can be built on the meta device)."""
+    if layers == 1:
+        return [0.0]
+    return [max_rate * i / (layers - 1) for i in range(layers)]
 
 
 class MixTransformer(nn.Module):
@@ -200,7 +238,7 @@ class MixTransformer(nn.Module):
     def __init__(self, config: GLPNConfig) -> None:
         super().__init__()
         c = config
-        dpr = torch.linspace(0, c.drop_path_rate, sum(c.depths)).tolist()  # stochastic depth decay
+        dpr = drop_path_rates(c.drop_path_rate, sum(c.depths))
         self.patch_embeddings = nn.ModuleList(
             OverlapPatchEmbed(
                 patch_size=c.patch_sizes[i],
@@ -229,13 +267,17 @@ class MixTransformer(nn.Module):
             start += c.depths[i]
         self.layer_norm = nn.ModuleList(nn.LayerNorm(h, eps=LAYER_NORM_EPS) for h in c.hidden_sizes)
 
-    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def forward(
+        self, pixel_values: torch.Tensor, attentions: list[torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
+        """Every stage's feature map. `attentions`: a list to which each layer appends its
+        attention map (slower: see EfficientSelfAttention.forward)."""
         features = []
         x = pixel_values
         for embed, blocks, norm in zip(self.patch_embeddings, self.block, self.layer_norm):
             x, height, width = embed(x)
             for blk in blocks:
-                x = blk(x, height, width)
+                x = blk(x, height, width, attentions)
             x = norm(x)
             B, _, C = x.shape
             # (B, H*W, C) -> (B, C, H, W); kept channels_last in memory, which the next conv

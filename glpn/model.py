@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -13,21 +12,21 @@ from .checkpoint import load_pretrained, save_pretrained
 from .config import GLPNConfig
 from .decoder import Decoder, DepthHead
 from .mit import MixTransformer
+from .outputs import BaseModelOutput, DepthEstimatorOutput
+
+# transformers' PretrainedConfig defaults, used while a config does not carry these fields.
+_OUTPUT_FLAG_DEFAULTS = {
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "return_dict": True,
+}
 
 
-@dataclass
-class BaseModelOutput:
-    last_hidden_state: torch.Tensor  # (B, C, H/32, W/32) deepest feature map
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # every stage's (B, C_i, H_i, W_i)
-    attentions: None = None  # not computed (fused attention); kept for API compatibility
-
-
-@dataclass
-class DepthEstimatorOutput:
-    predicted_depth: torch.Tensor  # (B, H, W) metres
-    loss: torch.Tensor | None = None  # scale-invariant log loss when labels are given
-    hidden_states: tuple[torch.Tensor, ...] | None = None  # encoder feature maps when asked for
-    attentions: None = None  # not computed; kept for API compatibility
+def _output_flag(config: GLPNConfig, name: str, value: bool | None) -> bool:
+    """The forward's argument when given, else the config's (transformers' rule)."""
+    if value is not None:
+        return bool(value)
+    return bool(getattr(config, name, _OUTPUT_FLAG_DEFAULTS[name]))
 
 
 class PretrainedMixin:
@@ -38,21 +37,52 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(
         cls,
-        path: str | os.PathLike,
+        pretrained_model_name_or_path: str | os.PathLike | None = None,
         *,
-        config: GLPNConfig | None = None,
+        config: GLPNConfig | str | os.PathLike | None = None,
         map_location: str | torch.device = "cpu",
-        **config_overrides,
+        **kwargs: object,
     ):
+        """transformers' keywords (dtype, state_dict, output_loading_info, hub options, config
+        overrides): see checkpoint.load_pretrained."""
         return load_pretrained(
-            cls, path, config=config, map_location=map_location, **config_overrides
+            cls, pretrained_model_name_or_path, config=config, map_location=map_location, **kwargs
         )
 
-    def save_pretrained(self, path: str | os.PathLike, *, safe_serialization: bool = True) -> None:
-        save_pretrained(self, path, safe_serialization=safe_serialization)
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *, safe_serialization: bool = True
+    ) -> None:
+        save_pretrained(self, save_directory, safe_serialization=safe_serialization)
 
 
-class GLPNModel(PretrainedMixin, nn.Module):
+class GLPNPreTrainedModel(PretrainedMixin, nn.Module):
+    """The attributes transformers' PreTrainedModel gives every GLPN class (v5.24 names)."""
+
+    config_class = GLPNConfig
+    base_model_prefix = "glpn"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @property
+    def device(self) -> torch.device:
+        """The first parameter's device (all are on one)."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The first floating-point parameter's dtype."""
+        return next(p.dtype for p in self.parameters() if p.is_floating_point())
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Parameter count; GLPN has no embedding tables, so exclude_embeddings changes nothing."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not only_trainable)
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        return False
+
+
+class GLPNModel(GLPNPreTrainedModel):
     """The Mix Transformer encoder alone; returns every stage's feature map."""
 
     checkpoint_prefix = "glpn."  # where these weights sit inside a depth checkpoint
@@ -63,16 +93,27 @@ class GLPNModel(PretrainedMixin, nn.Module):
         self.encoder = MixTransformer(config)
 
     def forward(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **_
-    ) -> BaseModelOutput:
-        features = self.encoder(pixel_values)
-        return BaseModelOutput(
-            last_hidden_state=features[-1],
-            hidden_states=tuple(features) if output_hidden_states else None,
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **_,
+    ) -> BaseModelOutput | tuple:
+        attentions: list[torch.Tensor] | None = (
+            [] if _output_flag(self.config, "output_attentions", output_attentions) else None
         )
+        features = self.encoder(pixel_values, attentions)
+        hidden = _output_flag(self.config, "output_hidden_states", output_hidden_states)
+        out = BaseModelOutput(
+            last_hidden_state=features[-1],
+            hidden_states=tuple(features) if hidden else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+        return out if _output_flag(self.config, "return_dict", return_dict) else out.to_tuple()
 
 
-class GLPNDepth(PretrainedMixin, nn.Module):
+class GLPNDepth(GLPNPreTrainedModel):
     """Encoder + decoder + head, tensors only: (B, 3, H, W) in [0, 1] -> (B, H, W) metres.
 
     This is what torch.compile, torch.export, ONNX and TensorRT see. With `flip_tta` the prediction
@@ -89,8 +130,10 @@ class GLPNDepth(PretrainedMixin, nn.Module):
         self.head = DepthHead(config)
         self.flip_tta = flip_tta
 
-    def _depth_and_features(self, pixel_values: torch.Tensor):
-        features = self.glpn.encoder(pixel_values)
+    def _depth_and_features(
+        self, pixel_values: torch.Tensor, attentions: list[torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        features = self.glpn.encoder(pixel_values, attentions)
         return self.head(self.decoder(features)), features
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -131,19 +174,30 @@ class GLPNForDepthEstimation(GLPNDepth):
         self,
         pixel_values: torch.Tensor,
         labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **_,
     ) -> DepthEstimatorOutput | tuple:
-        if output_hidden_states and not self.flip_tta:
-            depth, features = self._depth_and_features(pixel_values)
-            hidden = tuple(features)
+        want_attentions = _output_flag(self.config, "output_attentions", output_attentions)
+        want_hidden = _output_flag(self.config, "output_hidden_states", output_hidden_states)
+        attentions: list[torch.Tensor] | None = [] if want_attentions else None
+        if not self.flip_tta:
+            depth, features = self._depth_and_features(pixel_values, attentions)
+        elif want_attentions or want_hidden:
+            raise ValueError(
+                "flip_tta averages two passes (the image and its mirror), so no single set of "
+                "hidden states or attentions produced the depth: set flip_tta=False to get them"
+            )
         else:
-            depth, hidden = super().forward(pixel_values), None
-        loss = SiLogLoss()(depth, labels) if labels is not None else None
-        if return_dict is False:
-            return tuple(v for v in (loss, depth, hidden) if v is not None)
-        return DepthEstimatorOutput(predicted_depth=depth, loss=loss, hidden_states=hidden)
+            depth, features = super().forward(pixel_values), []
+        out = DepthEstimatorOutput(
+            loss=SiLogLoss()(depth, labels) if labels is not None else None,
+            predicted_depth=depth,
+            hidden_states=tuple(features) if want_hidden else None,
+            attentions=tuple(attentions) if attentions is not None else None,
+        )
+        return out if _output_flag(self.config, "return_dict", return_dict) else out.to_tuple()
 
     def depth(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tensors-only prediction (same as GLPNDepth.forward)."""

@@ -5,6 +5,10 @@ logits (TensorRT runs reductions in the layer's precision). `cast_model(m, torch
 keep_fp32=("layer_norm",))` converts every weight to fp16 except those layers, which receive
 float32 inputs and return the model's dtype: explicit casts that torch.export, ONNX and TensorRT's
 strongly typed mode all honour.
+
+A model may also carry its own islands (glpn.fused.InferenceGLPN keeps the depth head's last
+convolution, sigmoid and scale in float32, whose output must not be rounded to bf16/fp16 steps):
+`cast_model` leaves every Float32Island's weights in float32, never rounding them through `dtype`.
 """
 
 from __future__ import annotations
@@ -23,14 +27,19 @@ FP32_LAYERS: dict[str, tuple[type[nn.Module], ...]] = {
 
 
 class Float32Island(nn.Module):
-    """Runs the wrapped module in float32 inside a reduced-precision model."""
+    """Runs the wrapped module in float32 inside a reduced-precision model.
 
-    def __init__(self, module: nn.Module) -> None:
+    Returns the input's dtype, or float32 with `float32_output=True` (a model's final output).
+    """
+
+    def __init__(self, module: nn.Module, *, float32_output: bool = False) -> None:
         super().__init__()
         self.module = module.float()
+        self.float32_output = float32_output
 
     def forward(self, x: torch.Tensor, *args):
-        return self.module(x.float(), *args).to(x.dtype)
+        y = self.module(x.float(), *args)
+        return y if self.float32_output else y.to(x.dtype)
 
 
 def check_keep_fp32(keep_fp32: tuple[str, ...]) -> None:
@@ -40,19 +49,33 @@ def check_keep_fp32(keep_fp32: tuple[str, ...]) -> None:
 
 
 def cast_model(model: nn.Module, dtype: torch.dtype, keep_fp32: tuple[str, ...] = ()) -> nn.Module:
-    """Convert `model` in place to `dtype`, except the layer kinds named in keep_fp32."""
+    """Convert `model` in place to `dtype`, except the layer kinds named in keep_fp32 and the
+    model's own Float32Islands."""
     check_keep_fp32(keep_fp32)
-    model = model.to(dtype)
-    if dtype == torch.float32 or not keep_fp32:
-        return model
-    types = tuple(t for k in keep_fp32 for t in FP32_LAYERS[k])
-    _wrap(model, types)
+    if dtype != torch.float32 and keep_fp32:
+        # Wrapped before the cast, so their weights are never rounded to `dtype` and back.
+        _wrap(model, tuple(t for k in keep_fp32 for t in FP32_LAYERS[k]))
+    _cast_outside_islands(model, dtype)
     return model
+
+
+def _cast_outside_islands(module: nn.Module, dtype: torch.dtype) -> None:
+    """module.to(dtype) for every floating parameter and buffer not inside a Float32Island."""
+    if isinstance(module, Float32Island):
+        return
+    for p in module.parameters(recurse=False):
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+    for name, b in module.named_buffers(recurse=False):
+        if b is not None and b.is_floating_point():
+            module._buffers[name] = b.to(dtype)
+    for child in module.children():
+        _cast_outside_islands(child, dtype)
 
 
 def _wrap(module: nn.Module, types: tuple[type[nn.Module], ...]) -> None:
     for name, child in module.named_children():
         if isinstance(child, types):
             setattr(module, name, Float32Island(child))
-        else:
+        elif not isinstance(child, Float32Island):  # already float32 throughout
             _wrap(child, types)

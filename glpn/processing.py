@@ -1,19 +1,19 @@
 """Image pre/post-processing: transformers' GLPNImageProcessor API, and the pipeline's fast path.
 
-Reference behaviour (transformers): resize so height and width round down to multiples of 32 with
-PIL's bilinear filter (antialiased when shrinking) on uint8, then scale by 1/255; no mean/std. Depth
-goes back to a target size with bicubic interpolation.
+Reference behaviour (transformers 5.24 without torchvision, i.e. GLPNImageProcessorPil): resize so
+height and width round down to multiples of 32 with PIL's bilinear filter (antialiased when
+shrinking) on uint8, then scale by 1/255; no mean/std. Depth goes back to a target size with
+bicubic interpolation.
 
 - `GLPNImageProcessor` reproduces that with torch's uint8 antialiased bilinear resize (the same
   algorithm as PIL; results differ from PIL by at most one grey level, at rounding boundaries).
+  Saving and loading are in processor_io.py.
 - `prepare_frames` is the pipeline's path: a batch of frames to one float32 array at a fixed size,
   with torch (the processor's numbers; also on a GPU) or OpenCV.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,37 +22,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .hub import resolve_checkpoint_dir
+from .processor_io import PREPROCESSOR_NAME, PROCESSOR_KWARGS, ImageProcessorIO
 
-PREPROCESSOR_NAME = "preprocessor_config.json"
+__all__ = [  # PREPROCESSOR_NAME is re-exported: it lived here first
+    "PREPROCESSOR_NAME",
+    "BatchFeature",
+    "GLPNFeatureExtractor",
+    "GLPNImageProcessor",
+    "input_size_for",
+    "prepare_frames",
+    "resize_depth",
+    "resize_uint8",
+]
 
 
 def input_size_for(height: int, width: int, divisor: int = 32) -> tuple[int, int]:
     """(height, width) rounded down to multiples of `divisor`, at least `divisor`."""
     return max(divisor, height // divisor * divisor), max(divisor, width // divisor * divisor)
-
-
-def _as_hwc_uint8(image: Any) -> np.ndarray:
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)  # also takes PIL images
-    if arr.ndim == 2:
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3:
-        raise ValueError(f"expected an HxWx3 image, got an array of shape {arr.shape}")
-    if arr.shape[-1] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
-        arr = arr.transpose(1, 2, 0)  # channels first -> last
-    if arr.shape[-1] == 1:
-        arr = np.repeat(arr, 3, axis=2)
-    elif arr.shape[-1] == 4:
-        arr = arr[:, :, :3]
-    elif arr.shape[-1] != 3:
-        raise ValueError(f"expected 3 colour channels, got an array of shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0  # floats in [0, 1], as the reference treats them
-        arr = np.clip(np.round(arr), 0, 255).astype(np.uint8)
-    return arr
 
 
 def resize_uint8(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -143,16 +129,95 @@ class BatchFeature(dict):
         )
 
 
-class GLPNImageProcessor:
-    """Drop-in for transformers' GLPNImageProcessor (the same arguments and outputs)."""
+# PIL's resampling codes, as processor files store them; names accepted for convenience.
+_RESAMPLE_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+BILINEAR = 2
+# Settings transformers accepts that would change the numbers and GLPN never uses: refused when
+# switched on, not silently ignored.
+_UNSUPPORTED = ("do_normalize", "do_center_crop", "do_pad")
+
+
+def _resample_code(resample: Any) -> int:
+    if isinstance(resample, str):
+        if resample.lower() not in _RESAMPLE_CODES:
+            raise ValueError(f"unknown resample {resample!r}; use one of {list(_RESAMPLE_CODES)}")
+        return _RESAMPLE_CODES[resample.lower()]
+    return int(resample)  # an int, or PIL's Resampling (an IntEnum)
+
+
+def _to_chw(image: Any, input_data_format: str | None = None) -> np.ndarray:
+    """One image (PIL, numpy or torch; HWC or CHW) -> a (3, H, W) array of its own dtype.
+
+    Channels first wins when both ends could be channels, as in transformers. Unlike
+    transformers, grey images become 3 channels and alpha is dropped (the model takes RGB).
+    """
+    is_pil = type(image).__module__.startswith("PIL.")
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)  # a PIL image gives HxW or HxWxC
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim != 3:
+        raise ValueError(f"expected an HxWxC or CxHxW image, got an array of shape {arr.shape}")
+    elif is_pil or input_data_format == "channels_last":
+        arr = arr.transpose(2, 0, 1)
+    elif input_data_format is None and arr.shape[0] not in (1, 3, 4):
+        if arr.shape[-1] not in (1, 3, 4):
+            raise ValueError(f"cannot tell the channel axis of an image of shape {arr.shape}")
+        arr = arr.transpose(2, 0, 1)
+    if arr.shape[0] == 1:
+        arr = np.repeat(arr, 3, axis=0)
+    elif arr.shape[0] == 4:
+        arr = arr[:3]
+    elif arr.shape[0] != 3:
+        raise ValueError(f"expected 1, 3 or 4 channels, got an image of shape {arr.shape}")
+    return arr
+
+
+def _as_uint8_for_resize(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The uint8 image transformers hands to PIL for resizing, and whether it was scaled by 255.
+
+    transformers 5.24 (image_transforms.resize): integer values in [0, 255] are cast; other floats
+    in [0, 1] are multiplied by 255 in float64, cast to float32 and truncated to uint8, and the
+    resized result is divided by 255 again. Anything else is an error.
+    """
+    if image.dtype == np.uint8:
+        return image, False
+    if np.allclose(image, image.astype(int)):
+        if image.min() >= 0 and image.max() <= 255:
+            return image.astype(np.uint8), False
+        raise ValueError(
+            f"integer-valued image outside [0, 255] (got [{image.min()}, {image.max()}])"
+        )
+    if image.min() >= 0 and image.max() <= 1:
+        return (image.astype(np.float64) * 255).astype(np.float32).astype(np.uint8), True
+    raise ValueError(f"float image outside [0, 1] (got [{image.min()}, {image.max()}])")
+
+
+def _rescale(image: torch.Tensor, factor: float) -> torch.Tensor:
+    # float32 arithmetic, as prepare_frames: at most one float32 ulp from transformers, which
+    # multiplies in float64 and rounds once
+    return image.float() * factor
+
+
+class GLPNImageProcessor(ImageProcessorIO):
+    """Drop-in for transformers' GLPNImageProcessor (v5.24): the same arguments, settings, files
+    and numbers as the class transformers gives without torchvision (GLPNImageProcessorPil).
+
+    Deliberate differences (they only help): `return_tensors` defaults to "pt" (transformers
+    returns a list of arrays when it is not given); grey and RGBA images become RGB; an image
+    smaller than `size_divisor` is resized up to it (transformers fails); CUDA tensors are taken.
+    Only bilinear resampling, the published processors' setting, is implemented.
+    """
 
     model_input_names = ["pixel_values"]
+    image_processor_type = "GLPNImageProcessor"
 
     def __init__(
         self,
         do_resize: bool = True,
         size_divisor: int = 32,
-        resample: Any = "bilinear",
+        resample: Any = BILINEAR,
         do_rescale: bool = True,
         rescale_factor: float = 1 / 255,
         **kwargs: Any,
@@ -161,39 +226,10 @@ class GLPNImageProcessor:
             raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
         self.do_resize = do_resize
         self.size_divisor = size_divisor
-        self.resample = (
-            resample  # PIL's BILINEAR (2) in published configs; bilinear is what is used
-        )
+        self.resample = _resample_code(resample)
         self.do_rescale = do_rescale
         self.rescale_factor = rescale_factor
-        self.extra = kwargs
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, **overrides: Any) -> GLPNImageProcessor:
-        file = os.path.join(resolve_checkpoint_dir(path), PREPROCESSOR_NAME)
-        settings: dict[str, Any] = {}
-        if os.path.isfile(file):
-            with open(file, encoding="utf-8") as f:
-                settings = json.load(f)
-        for key in ("image_processor_type", "feature_extractor_type", "processor_class"):
-            settings.pop(key, None)
-        settings.update(overrides)
-        return cls(**settings)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "do_resize": self.do_resize,
-            "size_divisor": self.size_divisor,
-            "resample": 2,  # PIL.Image.BILINEAR, as transformers writes it
-            "do_rescale": self.do_rescale,
-            "rescale_factor": self.rescale_factor,
-            "image_processor_type": "GLPNImageProcessor",
-        }
-
-    def save_pretrained(self, path: str | os.PathLike) -> None:
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, PREPROCESSOR_NAME), "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        self._set_extra(kwargs)
 
     def __call__(
         self, images: Any, return_tensors: str | None = "pt", **kwargs: Any
@@ -201,50 +237,51 @@ class GLPNImageProcessor:
         return self.preprocess(images, return_tensors=return_tensors, **kwargs)
 
     def preprocess(
-        self,
-        images: Any,
-        return_tensors: str | None = "pt",
-        do_resize: bool | None = None,
-        size_divisor: int | None = None,
-        do_rescale: bool | None = None,
-        rescale_factor: float | None = None,
-        **_: Any,
+        self, images: Any, return_tensors: str | None = "pt", **kwargs: Any
     ) -> BatchFeature:
-        do_resize = self.do_resize if do_resize is None else do_resize
-        divisor = self.size_divisor if size_divisor is None else size_divisor
-        do_rescale = self.do_rescale if do_rescale is None else do_rescale
-        factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        """images -> {"pixel_values": (B, 3, h, w)}: resized to multiples of `size_divisor`,
+        then multiplied by `rescale_factor`. uint8 stays uint8 when not rescaled, as in
+        transformers; a float image in [0, 1] is rescaled again unless do_rescale=False."""
+        unknown = set(kwargs) - PROCESSOR_KWARGS
+        if unknown:
+            raise TypeError(f"preprocess() got unexpected keyword arguments {sorted(unknown)}")
+        opt = {**vars(self), **{k: v for k, v in kwargs.items() if v is not None}}
+        refused = [k for k in _UNSUPPORTED if opt.get(k)]
+        if refused or _resample_code(opt["resample"]) != BILINEAR:
+            raise NotImplementedError(
+                f"{refused or ['resample=' + str(opt['resample'])]}: GLPN's processors use "
+                "bilinear resizing and rescaling only, which is all this processor implements"
+            )
         if isinstance(images, (list, tuple)):
-            batch = [_as_hwc_uint8(im) for im in images]
+            batch = list(images)
+        elif getattr(images, "ndim", 0) == 4:  # a batch as one array or tensor
+            batch = list(images)
         else:
-            arr = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else images
-            if isinstance(arr, np.ndarray) and arr.ndim == 4:
-                batch = [_as_hwc_uint8(im) for im in arr]
-            else:
-                batch = [_as_hwc_uint8(images)]
+            batch = [images]
         out = []
         for image in batch:
-            t = torch.from_numpy(image).permute(2, 0, 1)[None]  # (1, 3, H, W)
-            if do_resize:
-                t = resize_uint8(t, input_size_for(*image.shape[:2], divisor))
-            t = t.float()
-            if do_rescale:
-                t = t * factor
-            out.append(t[0].contiguous())
-        if return_tensors == "pt":
-            if len({tuple(t.shape) for t in out}) > 1:
-                raise ValueError(
-                    "images of different sizes cannot be batched; pass them one at a time"
-                )
-            return BatchFeature(pixel_values=torch.stack(out))
-        if return_tensors == "np":
-            return BatchFeature(pixel_values=np.stack([t.numpy() for t in out]))
-        return BatchFeature(pixel_values=[t.numpy() for t in out])
+            arr = _to_chw(image, opt.get("input_data_format"))
+            scaled_by_255 = False
+            if opt["do_resize"]:
+                arr, scaled_by_255 = _as_uint8_for_resize(arr)
+            if not arr.flags.writeable or arr.strides[0] < 0:
+                arr = arr.copy()  # torch needs a writable array with positive strides
+            t = torch.from_numpy(arr)
+            if opt["do_resize"]:
+                size = input_size_for(*arr.shape[1:], opt["size_divisor"])
+                t = resize_uint8(t[None], size)[0]
+            if scaled_by_255:
+                t = _rescale(t, 1 / 255)
+            if opt["do_rescale"]:
+                t = _rescale(t, opt["rescale_factor"])
+            out.append(t.contiguous())
+        return _batch(out, return_tensors)
 
     def post_process_depth_estimation(
         self, outputs: Any, target_sizes: Sequence[tuple[int, int]] | torch.Tensor | None = None
     ) -> list[dict[str, torch.Tensor]]:
-        """Per image `{"predicted_depth": (h, w)}`, bicubically resized to its target size."""
+        """Per image `{"predicted_depth": (h, w)}`, bicubically resized to its target size if
+        given. Also takes the depth tensor itself, and target sizes as a tensor."""
         depth = outputs.predicted_depth if hasattr(outputs, "predicted_depth") else outputs
         if target_sizes is not None and len(depth) != len(target_sizes):
             raise ValueError(
@@ -259,6 +296,18 @@ class GLPNImageProcessor:
                 ]
             results.append({"predicted_depth": d})
         return results
+
+
+def _batch(images: list[torch.Tensor], return_tensors: str | None) -> BatchFeature:
+    if return_tensors is None:
+        return BatchFeature(pixel_values=[t.numpy() for t in images])
+    if len({tuple(t.shape) for t in images}) > 1:
+        raise ValueError("images of different sizes cannot be batched; pass them one at a time")
+    if return_tensors == "pt":
+        return BatchFeature(pixel_values=torch.stack(images))
+    if return_tensors == "np":
+        return BatchFeature(pixel_values=np.stack([t.numpy() for t in images]))
+    raise ValueError(f"return_tensors must be 'pt', 'np' or None, got {return_tensors!r}")
 
 
 class GLPNFeatureExtractor(GLPNImageProcessor):

@@ -165,6 +165,9 @@ def test_demo_without_arguments(tmp_path):
     assert len(video) == len(demo) and video[0].shape[:2] == (h, 2 * w)  # input | depth
     assert os.path.join("outputs", "demo", "depth") in proc.stdout  # where the results are
     assert "depthstream finished" in proc.stdout
+    # The reference's size rule, not a fixed size: the 240x320 clip runs at 224x320.
+    assert (h, w) == (240, 320)
+    assert "model input: demo 224x320 (auto: 240x320 frames rounded down" in proc.stdout
 
 
 # ---- other processes: PUB subscriber, signals --------------------------------------------------

@@ -95,6 +95,18 @@ def test_multi_stream_config():
     assert config.model.max_batch >= 2
 
 
+@pytest.mark.parametrize("name", ["default", "multi_stream"])
+def test_default_input_size_is_the_reference_rule(name):
+    """No fixed size: each source's size rounded down to multiples of 32, as GLPNImageProcessor
+    does (the published model's depth); the bundled 240x320 clip still runs at 224x320."""
+    config = load_config(os.path.join(ROOT, "configs", f"{name}.yaml"))
+    assert config.model.input_size is None
+    assert all(s.input_size is None for s in config.sources)
+    assert cli_config().model.input_size is None  # the demo (no arguments)
+    assert cli_config("--source", "a.mp4").model.input_size is None
+    assert cli_config("--source", "a.mp4", "--input-size", "96x128").model.input_size == (96, 128)
+
+
 def test_command_line_overrides_the_config_file(tmp_path):
     config = cli_config(
         "--config", os.path.join(ROOT, "configs", "kitti.yaml"),

@@ -143,6 +143,8 @@ def build(model: nn.Module, spec: BuildSpec) -> Runner:
         "keep_fp32": sorted(spec.keep_fp32),
         "flip_tta": bool(getattr(model, "flip_tta", False)),
         "folded": bool(getattr(model, "folded", False)),
+        # Plans built before the head's output stayed float32 (glpn.fused) must not be reused.
+        "float32_output": True,
         "gpu": gpu_description(spec.device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -93,6 +93,41 @@ class Progress:
         self.bar.close()
 
 
+class InputSizes:
+    """The model input each stream ran at, read from its results (preprocess stamps it in the
+    header): with auto sizing it is each frame's size rounded down to multiples of 32, so streams
+    may differ, and a source may change size while it runs."""
+
+    def __init__(self, config: Config) -> None:
+        # A stream whose size comes from no config key: auto (GLPNImageProcessor's rule).
+        model = config.model.input_size
+        self.auto = {s.id: (s.input_size or model) is None for s in config.sources}
+        self.seen: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}  # input -> source size
+
+    def update(self, result: Any) -> None:
+        size = result.header.get("input_size")
+        if size is not None:  # called in the sink thread; read once the run is over
+            sizes = self.seen.setdefault(result.stream, {})
+            sizes.setdefault(tuple(size), tuple(result.header["source_shape"]))
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """stream -> the input sizes it ran at, "HxW"."""
+        return {sid: [f"{h}x{w}" for h, w in sizes] for sid, sizes in self.seen.items()}
+
+    def line(self) -> str:
+        """`model input: demo 224x320 (auto: 240x320 frames rounded down to multiples of 32)`."""
+        parts = []
+        for sid, sizes in self.seen.items():
+            for (h, w), (sh, sw) in sizes.items():
+                how = (
+                    f"auto: {sh}x{sw} frames rounded down to multiples of 32"
+                    if self.auto.get(sid)
+                    else f"set; frames {sh}x{sw}"
+                )
+                parts.append(f"{sid} {h}x{w} ({how})")
+        return "model input: " + ("; ".join(parts) if parts else "no frame reached the model")
+
+
 class _TqdmHandler(logging.StreamHandler):
     """Log lines that do not tear the progress bar."""
 
@@ -134,8 +169,12 @@ def output_lines(summary: Summary, config: Config, endpoints: dict[str, str]) ->
     return lines
 
 
-def print_results(summary: Summary, config: Config, endpoints: dict[str, str]) -> None:
-    print(summary.format())
+def print_results(
+    summary: Summary, config: Config, endpoints: dict[str, str], sizes: InputSizes
+) -> None:
+    lines = summary.format().splitlines()
+    # After the headline, whose engine description says "any size" when sizes are per stream.
+    print("\n".join([*lines[:1], sizes.line(), *lines[1:]]))
     captured = {
         sid: summary.stages.get(f"capture:{sid}", {}).get("processed", 0) for sid in summary.frames
     }

@@ -21,7 +21,7 @@ from pipeline.summary import Summary
 from .checkpoint import check_checkpoint, random_weights_warning
 from .configure import build_config
 from .exits import EXIT_OK, EXIT_OUTPUT, EXIT_SIGNAL, CliError
-from .report import Progress, print_results
+from .report import InputSizes, Progress, print_results
 
 log = logging.getLogger("depthstream")
 
@@ -82,10 +82,10 @@ def warn_live_files(config: Config) -> None:
         )  # fmt: skip
 
 
-def write_summary_json(path: str, summary: Summary) -> None:
+def write_summary_json(path: str, summary: Summary, sizes: InputSizes) -> None:
     from glpn.fileio import atomic_write
 
-    text = json.dumps(summary.to_dict(), indent=2) + "\n"
+    text = json.dumps({**summary.to_dict(), "input_sizes": sizes.as_dict()}, indent=2) + "\n"
     try:
         atomic_write(path, text.encode())
     except OSError as e:
@@ -111,8 +111,14 @@ def run(args: argparse.Namespace) -> int:
             log.info("source %s: %s%s", s.id, s.uri, f" ({n} frames)" if n is not None else "")
         # Without a checkpoint: the demo's random weights, built in the inference thread.
         engine = EngineSpec.from_config(config, random_weights=True) if random_weights else None
+        sizes = InputSizes(config)
+
+        def on_result(result) -> None:
+            sizes.update(result)
+            progress.update(result)
+
         pipe = Pipeline(  # its summary is printed below
-            config, engine_factory=engine, on_result=progress.update, log_summary=False
+            config, engine_factory=engine, on_result=on_result, log_summary=False
         )
         progress.pipe = pipe
         failure: BaseException | None = None
@@ -129,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
 
         ran = summary.duration_s > 0 and (failure is None or sum(summary.frames.values()) > 0)
         if ran:
-            print_results(summary, config, pipe.endpoints)
+            print_results(summary, config, pipe.endpoints, sizes)
             if args.summary_json:
-                write_summary_json(args.summary_json, summary)
+                write_summary_json(args.summary_json, summary, sizes)
             if random_weights:
                 print("note: RANDOM weights (no --checkpoint): the depth is not meaningful.",
                       file=sys.stderr)  # fmt: skip
