@@ -7,8 +7,12 @@ used by the library or the pipeline at run time.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 import re
+import socket
+import time
 from collections.abc import Callable
 
 import cv2
@@ -16,6 +20,7 @@ import numpy as np
 import torch
 
 from .config import GLPNConfig
+from .hardware import cpu_features
 from .model import GLPNForDepthEstimation
 from .synthetic import spread_init_, synthetic_image
 
@@ -71,3 +76,32 @@ def parse_size(text: str) -> tuple[int, int]:
     if not m or int(m[1]) < 1 or int(m[2]) < 1:
         raise ValueError(f"{text!r} is not HEIGHTxWIDTH (e.g. 480x640)")
     return int(m[1]), int(m[2])
+
+
+def machine_info() -> dict:
+    """What a benchmark records about the machine it ran on: lscpu's model name and flags (from
+    /proc/cpuinfo on Linux), cores, load, Python, numpy and torch, and the date."""
+    info = {
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_features().summary(),
+        "cpu_count": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "flags"):
+                    info[key.strip().replace(" ", "_")] = value.strip()
+                if "model_name" in info and "flags" in info:
+                    break
+    except OSError:
+        info["model_name"] = platform.processor()
+    with contextlib.suppress(OSError):
+        info["load_average"] = os.getloadavg()
+    return info

@@ -2,95 +2,51 @@
 
 Every number has a finite range that the code and the OS accept (a `linger_ms` zmq can take, a
 timeout `time.monotonic() + t` can add); a bad value raises `ConfigError` giving the range. Loading
-(a file or a dict -> Config, with the dotted key in every message) is in `config_file.py`;
-`load_config`, `config_from_dict` and `read_config_file` are importable from here as well.
+(a file or a dict -> Config, with the dotted key in every message) is in `config_file.py`, the
+ranges and checks in `config_checks.py`, the outputs' configs in `config_outputs.py`; all of
+them, `load_config`, `config_from_dict` and `read_config_file` are importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
-import re
-import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from .colour import COLORMAPS
-from .errors import ConfigError
-from .limits import MAX_FPS, MAX_IMAGE_SIDE, MAX_INPUT_SIDE, STREAM_ID
-
-SOURCE_KINDS = ("auto", "camera", "file", "url", "images", "external")
-SOURCE_MODES = ("auto", "live", "lossless")
-TRANSPORTS = ("inproc", "ipc", "tcp")
-FILE_LAYOUTS = ("per_stream", "flat")
-
-MAX_SOURCES = 256  # each source is a capture thread with its own sockets
-
-# Ranges of numbers (inclusive). Upper ends are what the code and the OS accept (zmq options are
-# C ints, `time.monotonic() + timeout` must stay a time) and far beyond any sensible setting.
-MAX_SECONDS = 3600.0  # timeouts and reconnect delays
-MIN_FPS = 0.01  # one frame per 100 s; OpenCV's video writers refuse much less
-MAX_DEPTH_M = 10_000.0  # colour range of the view, metres
-MAX_HWM = 1_000_000  # zmq high-water marks, messages
-MAX_MESSAGE_BYTES = 1 << 31  # 2 GiB; zmq's MAXMSGSIZE takes an int64, a frame is far smaller
-MAX_LINGER_MS = 60_000  # zmq's LINGER is a C int of milliseconds
-
-_repr = reprlib.Repr()  # never builds more than a few hundred characters, whatever the value
-_repr.maxstring = _repr.maxother = _repr.maxlong = 60
-_repr.maxlist = _repr.maxtuple = _repr.maxdict = 6
-_repr.maxlevel = 3
-
-
-def _short(value: Any) -> str:
-    """repr(value) in at most 100 characters, without ever building the whole repr."""
-    try:
-        text = _repr.repr(value)
-    except Exception:  # e.g. an int too long to print
-        return f"<{type(value).__name__}>"
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-class _Invalid(ConfigError):
-    """A field's value is invalid; load_config adds the dotted path of the section to the key."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.message = message
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _Invalid(key, message)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if x == int(x) else str(x)  # 3600, not 3600.0 or 3.6e+03
-
-
-def _in_range(value: Any, key: str, lo: float, hi: float, *, above: bool = False) -> None:
-    """value must be a finite number in lo..hi (above=True: > lo); None passes (auto)."""
-    if value is None:
-        return
-    ok = _is_number(value) and (isinstance(value, int) or math.isfinite(value))
-    ok = ok and (value > lo if above else value >= lo) and value <= hi
-    where = f"> {_num(lo)} and <= {_num(hi)}" if above else f"in {_num(lo)}..{_num(hi)}"
-    _require(ok, key, f"must be {where}, got {_short(value)}")
-
-
-def _check_size(value: tuple[int, int] | None, key: str, hi: int = MAX_INPUT_SIDE) -> None:
-    if value is None:
-        return
-    _require(
-        len(value) == 2 and all(_is_number(v) and 32 <= v <= hi and v % 32 == 0 for v in value),
-        key,
-        f"must be [height, width], multiples of 32 in 32..{hi}, got {_short(list(value))}",
-    )
+from .config_checks import (  # noqa: F401 (some only re-exported)
+    FRAME_ID,
+    MAX_DEPTH_M,
+    MAX_HWM,
+    MAX_LINGER_MS,
+    MAX_MESSAGE_BYTES,
+    MAX_POINTS_STRIDE,
+    MAX_SECONDS,
+    MAX_SOURCES,
+    MIN_FPS,
+    SOURCE_KINDS,
+    SOURCE_MODES,
+    TRANSPORTS,
+    _check_camera,
+    _check_size,
+    _in_range,
+    _Invalid,
+    _is_number,
+    _require,
+    _short,
+)
+from .config_outputs import (  # noqa: F401 (part of this module's API)
+    FilesSinkConfig,
+    FoxgloveConfig,
+    OutputsConfig,
+    PointsSinkConfig,
+    RecordConfig,
+    RerunConfig,
+    VideoSinkConfig,
+    WindowSinkConfig,
+    ZmqSinkConfig,
+)
+from .limits import MAX_FPS, MAX_IMAGE_SIDE, MAX_INPUT_SIDE, STREAM_ID  # noqa: F401
 
 
 @dataclass(frozen=True)
@@ -126,9 +82,19 @@ class SourceConfig:
     open_timeout_s: float = 5.0  # URL open timeout (FFmpeg); a stop does not wait for it
     read_timeout_s: float = 1.0  # URL read timeout; a longer stall is a failure (reconnect)
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)  # live sources only
+    intrinsics: tuple[float, float, float, float] | None = (
+        None  # fx, fy, cx, cy in pixels at the source resolution
+    )
+    hfov_deg: float | None = (
+        None  # or a horizontal field of view (square pixels, centred principal point)
+    )
+    frame_id: str = ""  # "" -> "<stream>_optical" (REP-103 optical: z forward, x right, y down)
 
     def __post_init__(self) -> None:
         _require(self.uri != "", "uri", "must not be empty")
+        _check_camera(self.intrinsics, self.hfov_deg)
+        _require(self.frame_id == "" or bool(FRAME_ID.fullmatch(self.frame_id)), "frame_id",
+                 f"{_short(self.frame_id)} must match {FRAME_ID.pattern}")  # fmt: skip
         _require(self.id == "" or bool(STREAM_ID.fullmatch(self.id)), "id",
                  f"{_short(self.id)} must match {STREAM_ID.pattern}")  # fmt: skip
         _require(self.kind in SOURCE_KINDS, "kind",
@@ -173,12 +139,24 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PointsConfig:
+    stride: int = 1  # keep every stride-th pixel in each direction (2: a quarter of the points)
+    max_range_m: float | None = None  # drop points whose depth is beyond this (m); None: keep all
+    colour: bool = False  # colour each point from the input frame (RGB uint8)
+
+    def __post_init__(self) -> None:
+        _in_range(self.stride, "stride", 1, MAX_POINTS_STRIDE)
+        _in_range(self.max_range_m, "max_range_m", 0, MAX_DEPTH_M, above=True)
+
+
+@dataclass(frozen=True)
 class PostprocessConfig:
     resize_to_source: bool = True  # depth back to each frame's source size (else the model's size)
     depth_range: tuple[float, float] | None = None  # fixed colour range (near, far) m; None: 0..max
     colormap: str = "inferno"  # OpenCV colormap of the colourised view (near is bright)
     side_by_side: bool = False  # view = input frame | colourised depth
     view: bool | None = None  # make the colourised view; None: only when a sink needs it
+    points: PointsConfig | None = None  # point clouds; None: defaults only when a sink needs them
 
     def __post_init__(self) -> None:
         r = self.depth_range
@@ -190,66 +168,6 @@ class PostprocessConfig:
                  f"got {_short(r)}")  # fmt: skip
         _require(self.colormap in COLORMAPS, "colormap",
                  f"{_short(self.colormap)} not in {sorted(COLORMAPS)}")  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ZmqSinkConfig:
-    endpoint: str = "tcp://127.0.0.1:5556"  # PUB endpoint subscribers connect to (loopback default)
-    publish_view: bool = False  # also send the colourised view (BGR uint8) after the depth
-    hwm: int = 4  # messages queued per subscriber; a slow subscriber loses frames beyond this
-    wait_subscribers: int = 0  # send only once this many subscriptions arrived; 0: don't wait
-    wait_timeout_s: float = 10.0  # from the first frame, how long to wait for them; then an error
-
-    def __post_init__(self) -> None:
-        _require(_endpoint_ok(self.endpoint), "endpoint",
-                 f"{_short(self.endpoint)} is not a ZeroMQ endpoint")  # fmt: skip
-        _in_range(self.hwm, "hwm", 1, MAX_HWM)
-        _in_range(self.wait_subscribers, "wait_subscribers", 0, 1000)
-        _in_range(self.wait_timeout_s, "wait_timeout_s", 0, MAX_SECONDS, above=True)
-
-
-@dataclass(frozen=True)
-class FilesSinkConfig:
-    directory: str  # files go to DIRECTORY/<stream>/<index:06d>.npy and .png
-    npy: bool = True  # float32 metres
-    png: bool = True  # uint16 depth * 256 (KITTI convention), saturating at 255.99 m
-    layout: str = "per_stream"  # per_stream: DIRECTORY/<stream>/...; flat: DIRECTORY/... (1 stream)
-
-    def __post_init__(self) -> None:
-        _require(self.directory != "", "directory", "must not be empty")
-        _require(self.npy or self.png, "npy", "at least one of npy and png must be true")
-        _require(self.layout in FILE_LAYOUTS, "layout",
-                 f"{_short(self.layout)} is not one of {FILE_LAYOUTS}")  # fmt: skip
-
-    def folder(self, stream: str) -> str:
-        """Where the files of `stream` go."""
-        return self.directory if self.layout == "flat" else os.path.join(self.directory, stream)
-
-
-@dataclass(frozen=True)
-class VideoSinkConfig:
-    path: str  # .avi (MJPG) or .mp4 (mp4v); "{stream}" is replaced, and added with several streams
-    fps: float | None = None  # None: the source's frame rate (30 when it has none)
-
-    def __post_init__(self) -> None:
-        ext = os.path.splitext(self.path)[1].lower()
-        _require(ext in (".avi", ".mp4"), "path", f"{_short(self.path)} must end in .avi or .mp4")
-        _in_range(self.fps, "fps", MIN_FPS, MAX_FPS)
-
-
-@dataclass(frozen=True)
-class WindowSinkConfig:
-    title: str = "depthstream"  # window title prefix (one window per stream); q or Esc stops
-
-
-@dataclass(frozen=True)
-class OutputsConfig:
-    zmq: ZmqSinkConfig | None = None  # publish depth for other programs (pipeline.client)
-    files: FilesSinkConfig | None = None  # per-frame .npy / 16-bit .png
-    video: VideoSinkConfig | None = None  # colourised depth video
-    window: WindowSinkConfig | None = (
-        None  # on-screen view; skipped with a warning without a display
-    )
 
 
 @dataclass(frozen=True)
@@ -305,13 +223,35 @@ class Config:
         files = self.outputs.files
         _require(files is None or files.layout != "flat" or len(self.sources) == 1,
                  "outputs.files.layout", "flat needs a single source")  # fmt: skip
+        self._check_points()
+
+    def _check_points(self) -> None:
+        """Point clouds asked for explicitly need every source's camera."""
+        ply = self.outputs.points
+        _require(ply is None or ply.layout != "flat" or len(self.sources) == 1,
+                 "outputs.points.layout", "flat needs a single source")  # fmt: skip
+        asked = "postprocess.points" if self.postprocess.points else "outputs.points" if ply else ""
+        for i, s in enumerate(self.sources):
+            _require(not asked or s.intrinsics is not None or s.hfov_deg is not None,
+                     f"sources[{i}].intrinsics",
+                     f"{asked} needs the camera: set intrinsics or hfov_deg")  # fmt: skip
+
+    def points_config(self) -> PointsConfig | None:
+        """The point clouds postprocess computes, once per frame: postprocess.points, or its
+        defaults when an output wants them (PLY files, a recording's or Foxglove's points);
+        None: none. Only frames whose stream has a camera get one."""
+        if self.postprocess.points is not None:
+            return self.postprocess.points
+        out = self.outputs
+        wanted = (
+            out.points is not None
+            or (out.record is not None and out.record.points)
+            or (out.foxglove is not None and out.foxglove.points)
+        )
+        return PointsConfig() if wanted else None
 
     def stream_ids(self) -> list[str]:
         return [s.id for s in self.sources]
-
-
-def _endpoint_ok(endpoint: str) -> bool:
-    return bool(re.match(r"^(tcp|ipc|inproc)://.+", endpoint))
 
 
 def to_dict(config: Config) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from . import messages
 from .config import OutputsConfig
 from .display import WindowSink, display_available
 from .errors import EndpointError, MessageError
+from .geometry import check_frame
 from .results import DepthResult
 from .sinks import CallbackSink, FileSink, PublishSink, Sink, VideoSink
 from .stage import Stage
@@ -81,6 +82,24 @@ class SinkStage(Stage):
                 self.sinks.append(WindowSink(out.window, self.request_stop))
             else:
                 log.warning("outputs.window: no display found; the window output is off")
+        if out.record is not None:  # imports mcap-ros2-support only when asked for
+            from .record_mcap import RecordSink
+
+            self.sinks.append(RecordSink(out.record, self.streams))
+        if out.points is not None:
+            from .ply import PlySink
+
+            self.sinks.append(PlySink(out.points))
+        if out.foxglove is not None:  # imports foxglove-sdk only when asked for
+            from .foxglove_sink import FoxgloveSink
+
+            fox = FoxgloveSink(out.foxglove, self.streams, gauges=self.metrics.gauges)
+            self.sinks.append(fox)
+            self.bound["foxglove"] = fox.url  # ws://HOST:PORT, the port bound (config's may be 0)
+        if out.rerun is not None:  # imports rerun-sdk only when asked for
+            from .rerun_sink import RerunSink
+
+            self.sinks.append(RerunSink(out.rerun, gauges=self.metrics.gauges))
         if self.callback is not None:
             self.sinks.append(CallbackSink(self.callback))
 
@@ -153,6 +172,7 @@ class SinkStage(Stage):
             msg.array("depth", dtype="float32", ndim=2)
             if "view" in msg.arrays and msg.array("view", dtype="uint8", ndim=3).shape[2] != 3:
                 raise MessageError(f"view of shape {msg.arrays['view'].shape} is not (H, W, 3)")
+            check_frame(msg.header, msg.arrays)  # camera, points
         except MessageError as e:
             self.malformed(e)
             return
@@ -163,14 +183,11 @@ class SinkStage(Stage):
         e2e = (t0 - header["t_mono"]) * 1000
         header["latency_ms"] = round(e2e, 3)  # capture -> depth ready for the sinks
         self.metrics.record_e2e(e2e)
-        result = DepthResult(header, msg.arrays["depth"], msg.arrays.get("view"))
+        result = DepthResult.from_message(messages.Message(header, msg.arrays))
         for sink in self.sinks:
             sink.write(result)
         if self.results is not None:
-            arrays = {"depth": result.depth}
-            if result.view is not None:
-                arrays["view"] = result.view
-            parts = messages.encode(header, arrays)
+            parts = messages.encode(header, result.arrays())
             live = header["mode"] == "live"
             self.emit(self.results, parts, live=live, drop_reason="results_full", count=False)
         self.delivered[result.stream] += 1

@@ -1,18 +1,21 @@
-"""Postprocess stage: depth back to each frame's source size in metres, plus a colour view."""
+"""Postprocess stage: depth back to each frame's source size in metres, plus a colour view, the
+camera of the depth as delivered and, when asked for, its point cloud."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import zmq
 
 from glpn.processing import resize_depth
 
 from . import messages
 from .colour import colorize, side_by_side
-from .config import PostprocessConfig
+from .config import PointsConfig, PostprocessConfig, SourceConfig
 from .errors import MessageError
+from .geometry import Intrinsics, backproject, point_colours, source_camera
 from .stage import Stage
 
 
@@ -25,6 +28,8 @@ class PostprocessStage(Stage):
         make_view: bool,
         input: str,
         output: str,
+        sources: Sequence[SourceConfig] = (),
+        points: PointsConfig | None = None,
         hwm: int = 2,
         **kwargs,
     ) -> None:
@@ -32,9 +37,13 @@ class PostprocessStage(Stage):
         self.config = config
         self.streams = set(streams)
         self.make_view = make_view  # some sink wants the colourised view
+        self.sources = {s.id: s for s in sources}  # each stream's camera and frame id
+        self.points = points  # point clouds to compute (Config.points_config()); None: none
         self.input = input  # bound here
         self.output = output  # sink input (connect)
         self.hwm = hwm
+        # (stream, source (h, w), depth (h, w)) -> the camera of the depth as delivered
+        self._cameras: dict[tuple[str, tuple[int, int], tuple[int, int]], Intrinsics | None] = {}
 
     def setup(self) -> None:
         self.inp = self.socket(zmq.PULL, bind=self.input, hwm=self.hwm, role="input")
@@ -67,15 +76,59 @@ class PostprocessStage(Stage):
             view_range = self.config.depth_range or (0.0, msg.header.get("max_depth") or 10.0)
             view = colorize(depth, view_range, self.config.colormap)
             if self.config.side_by_side:
-                image = msg.array("image", dtype="uint8", ndim=3)
-                if image.shape[2] != 3:
-                    raise MessageError(f"image of shape {image.shape} is not (H, W, 3) BGR")
-                view = side_by_side(image, view)
+                view = side_by_side(self._image(msg), view)
             arrays["view"] = view
+        camera = self._camera(msg.stream, tuple(msg.header["source_shape"]), depth.shape)
+        cloud = self._points(msg, depth, camera) if self.points and camera else None
+        if cloud:
+            arrays.update(cloud)
         t1 = time.monotonic()
         self.metrics.record((t1 - t0) * 1000)
         header = messages.stamp(msg.header, "postprocess", t0, t1)
         self.metrics.record_wait(header["wait_ms"]["postprocess"])
         header["units"] = "m"
         header["depth_shape"] = list(depth.shape)
+        source = self.sources.get(msg.stream)
+        header["frame_id"] = (source and source.frame_id) or f"{msg.stream}_optical"
+        header.pop("camera", None)  # never a foreign peer's
+        header.pop("points", None)
+        if camera is not None:
+            header["camera"] = camera.as_header()
+        if cloud is not None:
+            count = len(cloud["points"]) if cloud else 0
+            header["points"] = {"stride": self.points.stride, "count": count,
+                                "colour": self.points.colour}  # fmt: skip
         return header, arrays
+
+    def _image(self, msg: messages.Message) -> np.ndarray:
+        image = msg.array("image", dtype="uint8", ndim=3)
+        if image.shape[2] != 3:
+            raise MessageError(f"image of shape {image.shape} is not (H, W, 3) BGR")
+        return image
+
+    def _camera(
+        self, stream: str, source: tuple[int, int], shape: tuple[int, int]
+    ) -> Intrinsics | None:
+        """The stream's camera (configured at the source's size) scaled to the depth's size."""
+        key = (stream, source, shape)
+        if key not in self._cameras:
+            if len(self._cameras) > 64:  # sizes change rarely; a foreign peer's never fill memory
+                self._cameras.clear()
+            s = self.sources.get(stream)
+            camera = s and source_camera(s.intrinsics, s.hfov_deg, source[1], source[0])
+            self._cameras[key] = camera.scaled(shape[1], shape[0]) if camera else None
+        return self._cameras[key]
+
+    def _points(
+        self, msg: messages.Message, depth: np.ndarray, camera: Intrinsics
+    ) -> dict[str, np.ndarray]:
+        """"points" (N, 3) float32 and, with colour, "points_rgb" (N, 3) uint8; {} when no pixel
+        has a valid depth (a message cannot carry an empty array: header["points"]["count"])."""
+        cfg = self.points
+        points, index = backproject(depth, camera, stride=cfg.stride, max_range=cfg.max_range_m)
+        if len(points) == 0:
+            return {}
+        cloud = {"points": points}
+        if cfg.colour:
+            cloud["points_rgb"] = point_colours(self._image(msg), index, depth.shape)
+        return cloud

@@ -15,10 +15,23 @@ class DepthResult:
     header: dict[str, Any]  # stream, index, timestamps, source size/position, per-stage ms, ...
     depth: np.ndarray  # (H, W) float32 metres; read-only (shares the message's memory)
     view: np.ndarray | None = None  # colourised view, BGR uint8, when the pipeline makes one
+    points: np.ndarray | None = None  # (N, 3) float32 x, y, z metres (optical frame), if computed
+    points_rgb: np.ndarray | None = None  # (N, 3) uint8 RGB of each point, with colour
 
     @classmethod
     def from_message(cls, msg: Message) -> DepthResult:
-        return cls(msg.header, msg.arrays["depth"], msg.arrays.get("view"))
+        a, cloud = msg.arrays, msg.header.get("points")
+        points, rgb = a.get("points"), a.get("points_rgb")
+        if points is None and isinstance(cloud, dict) and cloud.get("count") == 0:
+            points = np.empty((0, 3), np.float32)  # no valid pixel: a message has no empty arrays
+            rgb = np.empty((0, 3), np.uint8) if cloud.get("colour") else None
+        return cls(msg.header, a["depth"], a.get("view"), points, rgb)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Its arrays by message name (depth, view, points, points_rgb), those it has."""
+        named = {"depth": self.depth, "view": self.view, "points": self.points,
+                 "points_rgb": self.points_rgb}  # fmt: skip
+        return {k: v for k, v in named.items() if v is not None and v.size}
 
     @property
     def stream(self) -> str:

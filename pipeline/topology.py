@@ -155,8 +155,15 @@ class Topology:
         make_view = (
             cfg.postprocess.view
             if cfg.postprocess.view is not None
-            else bool(outputs.video or outputs.window or (outputs.zmq and outputs.zmq.publish_view))
+            else bool(
+                outputs.video
+                or outputs.window
+                or (outputs.zmq and outputs.zmq.publish_view)
+                or (outputs.record and outputs.record.image == "view")
+                or (outputs.rerun and outputs.rerun.image == "view")
+            )
         )
+        points = cfg.points_config()  # point clouds postprocess computes (None: none)
         live = any(resolve_mode(s, resolve_kind(s)) == "live" for s in cfg.sources)
         common = dict(
             metrics_window=cfg.metrics.window,
@@ -186,7 +193,8 @@ class Topology:
             "preprocess", PreprocessStage,
             options=dict(
                 input_sizes=sizes,
-                keep_image=make_view and cfg.postprocess.side_by_side,
+                keep_image=(make_view and cfg.postprocess.side_by_side)
+                or bool(points and points.colour),
                 max_pending=3 * cfg.model.max_batch,
                 hwm=t.hwm,
             ),
@@ -218,7 +226,8 @@ class Topology:
         )  # fmt: skip
         postprocess = spec(
             "postprocess", PostprocessStage, cfg.postprocess,
-            options=dict(streams=streams, make_view=make_view, hwm=t.hwm),
+            options=dict(streams=streams, make_view=make_view, sources=cfg.sources,
+                         points=points, hwm=t.hwm),  # fmt: skip
             binds=(Bind("input", "input", addresses.data("postprocess")),),
             connects=(Connect("output", "sink", "input"),),
             public={"input": "postprocess"},
@@ -231,7 +240,8 @@ class Topology:
             options=dict(streams=streams, hwm=t.hwm),
             binds=tuple(sink_binds),
             hooks=("callback", "request_stop"),
-            public={"input": "sink", "publish": "publish", "results": "results"},
+            public={"input": "sink", "publish": "publish", "results": "results",
+                    "foxglove": "foxglove"},
         )  # fmt: skip
         return cls((*captures, preprocess, inference, postprocess, sink))
 

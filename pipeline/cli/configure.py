@@ -80,6 +80,12 @@ def _apply_to_sources(data: dict[str, Any], args: argparse.Namespace) -> None:
             s["max_frames"] = args.max_frames
         if args.input_size is not None:
             s.pop("input_size", None)  # the command line's size is for every stream
+    if args.intrinsics is not None:
+        if len(sources) != 1 or not isinstance(sources[0], dict):
+            raise CliError(f"--intrinsics is for a single source, got {len(sources)}; give "
+                           "each its sources[*].intrinsics in a config file")  # fmt: skip
+        sources[0].pop("hfov_deg", None)
+        sources[0]["intrinsics"] = args.intrinsics
     data["sources"] = sources
 
 
@@ -104,9 +110,32 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
     if args.publish is not None:
         pub = outputs.get("zmq")
         outputs["zmq"] = {**(pub if isinstance(pub, dict) else {}), "endpoint": args.publish}
+    if args.foxglove is not None:
+        fox = outputs.get("foxglove")
+        fox = dict(fox) if isinstance(fox, dict) else {}
+        host, port = args.foxglove  # (None, None): --foxglove alone, the config's or the defaults
+        fox.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        outputs["foxglove"] = fox
+    if args.record is not None:
+        rec = outputs.get("record")
+        outputs["record"] = {**(rec if isinstance(rec, dict) else {}), "path": args.record}
+    if args.rerun is not None or args.rerun_connect is not None:
+        rerun = outputs.get("rerun")
+        rerun = dict(rerun) if isinstance(rerun, dict) else {}
+        if args.rerun is not None:
+            rerun["path"] = _clean(args.rerun)
+        if args.rerun_connect is not None:
+            rerun["connect"] = args.rerun_connect
+        outputs["rerun"] = rerun
     if args.display and not outputs.get("window"):
         outputs["window"] = {}
-    for key, field in (("files", "directory"), ("video", "path")):  # printed at the end
+    # printed at the end
+    if args.save_points is not None:
+        ply = outputs.get("points")
+        outputs["points"] = {**(ply if isinstance(ply, dict) else {}),
+                             "directory": args.save_points}  # fmt: skip
+    for key, field in (("files", "directory"), ("video", "path"), ("record", "path"),
+                       ("points", "directory")):  # fmt: skip
         section = outputs.get(key)
         if isinstance(section, dict) and isinstance(section.get(field), str):
             outputs[key] = {**section, field: _clean(section[field])}
@@ -130,6 +159,10 @@ def apply_options(data: dict[str, Any], args: argparse.Namespace, where: str) ->
         model["input_size"] = None if args.input_size == "auto" else list(args.input_size)
     if args.side_by_side:
         _section(data, "postprocess", where)["side_by_side"] = True
+    if args.points_stride is not None:
+        _section(_section(data, "postprocess", where), "points", where)["stride"] = (
+            args.points_stride
+        )
     if args.metrics_interval is not None:
         _section(data, "metrics", where)["interval_s"] = args.metrics_interval
     _apply_to_outputs(data, args, where)
@@ -145,7 +178,11 @@ def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
             EXIT_SOURCE,
         )
     data["sources"] = [{"id": "demo", "uri": DEMO_CLIP}]
-    if not any((args.save_depth, args.save_video, args.publish, args.display)):
+    if not any((args.save_depth, args.save_video, args.publish, args.display)) and not (
+        args.foxglove or args.record  # the demo in the Foxglove app only, or only recorded
+        or args.rerun or args.rerun_connect
+        or args.save_points
+    ):
         args.save_depth = os.path.join(DEMO_OUTPUT, "depth")
         args.save_video = os.path.join(DEMO_OUTPUT, "depth.mp4")
         args.side_by_side = True
@@ -173,5 +210,10 @@ def build_config(args: argparse.Namespace) -> Config:
     if files is not None and len(config.sources) == 1:  # a single stream's files: DIR/000000.npy
         files = dataclasses.replace(files, layout="flat")
         outputs = dataclasses.replace(config.outputs, files=files)
+        config = dataclasses.replace(config, outputs=outputs)
+    ply = config.outputs.points
+    if ply is not None and len(config.sources) == 1:  # likewise DIR/000000.ply
+        flat = dataclasses.replace(ply, layout="flat")
+        outputs = dataclasses.replace(config.outputs, points=flat)
         config = dataclasses.replace(config, outputs=outputs)
     return config

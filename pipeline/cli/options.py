@@ -38,6 +38,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _intrinsics(text: str) -> list[float]:
+    """`fx,fy,cx,cy` (pixels at the source resolution); ranges are the config's to check."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise argparse.ArgumentTypeError(f"{text!r} is not fx,fy,cx,cy (e.g. 525,525,319.5,239.5)")
+    return values
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -60,6 +71,36 @@ def _endpoint(text: str) -> str:
             f"{text!r} is not a ZeroMQ endpoint another program can reach "
             "(tcp://HOST:PORT or ipc://PATH)"
         )
+    return text
+
+
+def _host_port(text: str) -> tuple[str | None, int]:
+    """`PORT`, `HOST:PORT` or `[IPv6]:PORT` -> (host or None, port 0..65535; 0: any free port)."""
+    m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([^:\s\[\]]+):)?(\d{1,5})", text.strip())
+    if not m or int(m[3]) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not [HOST:]PORT (e.g. 8765 or 0.0.0.0:8765; port 0..65535, 0: any)"
+        )
+    return m[1] or m[2], int(m[3])
+
+
+def _rrd_path(text: str) -> str:
+    if os.path.splitext(text)[1].lower() != ".rrd":
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .rrd")
+    return text
+
+
+def _rerun_url(text: str) -> str:
+    if not re.match(r"^rerun(\+https?)?://.+", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Rerun viewer URL (e.g. rerun+http://127.0.0.1:9876/proxy)"
+        )
+    return text
+
+
+def _mcap_path(text: str) -> str:
+    if os.path.splitext(text)[1].lower() != ".mcap":
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .mcap")
     return text
 
 
@@ -115,12 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
         ("--pace", dict(action="store_true", help=(
             "replay files and images at their frame rate, as a camera would deliver them "
             "(with --mode live: drops what inference cannot keep up with) [sources[*].pace]"))),
+        ("--intrinsics", dict(type=_intrinsics, metavar="FX,FY,CX,CY", help=(
+            "pinhole camera of the (single) source, pixels at its resolution; headers then "
+            "carry the camera scaled to the depth's size, and point clouds can be made "
+            "[sources[0].intrinsics]"))),
         ("--save-depth", dict(metavar="DIR", help=(
             "write per-frame depth: DIR/000000.npy, ... (float32 metres, source size); with "
             "several sources DIR/<stream id>/ [outputs.files.directory]"))),
         ("--depth-format", dict(choices=("npy", "png16", "both"), help=(
             "files of --save-depth: npy (default), png16 (uint16, depth*256, KITTI) or both "
             "[outputs.files.npy/png]"))),
+        ("--save-points", dict(metavar="DIR", help=(
+            "write per-frame point clouds: DIR/000000.ply, ... (binary PLY, x y z float32 "
+            "metres, optical frame: z forward, x right, y down); needs the camera (--intrinsics "
+            "or the config's); several sources: DIR/<stream id>/ [outputs.points.directory]"))),
+        ("--points-stride", dict(type=_positive_int, metavar="N", help=(
+            "point clouds from every N-th pixel in each direction (N*N fewer points) "
+            "[postprocess.points.stride]"))),
         ("--save-video", dict(type=_video_path, metavar="FILE", help=(
             "colourised depth video, .avi (MJPG) or .mp4 (mp4v); several sources: FILE_<id>.ext, "
             "or put {stream} in the name [outputs.video.path]"))),
@@ -130,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
             "ZeroMQ PUB endpoint for other programs (pipeline.client.DepthSubscriber), e.g. "
             "tcp://127.0.0.1:5556; a loopback address unless the network should reach it "
             "[outputs.zmq.endpoint]"))),
+        ("--foxglove", dict(type=_host_port, nargs="?", const=(None, None),
+                            metavar="[HOST:]PORT", help=(
+            "serve the depth live to the Foxglove app (WebSocket; ROS 2 topics "
+            "/depthstream/<stream>/depth, camera_info, points), by default on 127.0.0.1:8765; "
+            "0 as the port: any free one (logged). A non-loopback HOST lets the network see it "
+            "[outputs.foxglove.host/port]"))),
+        ("--record", dict(type=_mcap_path, metavar="FILE.mcap", help=(
+            "record ROS 2 messages to one MCAP file (Foxglove, ros2 bag play): per stream "
+            "/depthstream/<stream>/depth (32FC1 metres, NaN = no depth) and camera_info "
+            "(with intrinsics); needs depthstream[robotics] [outputs.record.path]"))),
+        ("--rerun", dict(type=_rrd_path, metavar="FILE.rrd", help=(
+            "record for the Rerun viewer (rerun FILE.rrd): per stream a Pinhole camera (with "
+            "intrinsics) and its DepthImage in metres, shown in 3D; timelines frame and "
+            "capture_time; needs depthstream[robotics] [outputs.rerun.path]"))),
+        ("--rerun-connect", dict(type=_rerun_url, metavar="URL", help=(
+            "stream live to a running Rerun viewer, e.g. rerun+http://127.0.0.1:9876/proxy "
+            "(start it with `rerun`); newest frame wins, never slows the pipeline "
+            "[outputs.rerun.connect]"))),
         ("--display", dict(action="store_true", help=(
             "show the depth in a window (q or Esc stops) [outputs.window]"))),
         ("--max-frames", dict(type=_positive_int, metavar="N", help=(

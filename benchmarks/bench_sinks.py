@@ -1,0 +1,105 @@
+"""Pipeline throughput with each robotics output on versus off (target: >= 95% of without them).
+
+A lossless clip (default 480x640) through the small default model at the clip's size, with known
+intrinsics, once per output: none, PLY point clouds (`outputs.points`, stride 1), an MCAP recording
+(depth + camera_info), an MCAP recording with point clouds, a Foxglove server (no client), a
+Rerun file. The runs alternate round by round, so the machine's drift hits every output alike; the
+result per output is the median over rounds of its fps divided by the same round's fps without
+outputs. fps is the summary's: frames over the running time, start-up excluded. Prints a table;
+writes benchmarks/results/sinks_<size>.json (or --out).
+
+    python benchmarks/bench_sinks.py [--frames 20] [--rounds 3] [--size 480x640]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+
+# As the program does (pipeline.cli): OpenMP threads wait passively, read when torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from glpn.hardware import tune_cpu_allocator  # noqa: E402
+from glpn.testing import machine_info, parse_size, random_checkpoint, write_clip  # noqa: E402
+from pipeline import Pipeline  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def outputs(name: str, out: str) -> dict:
+    """The outputs config of one measured variant, writing under `out`."""
+    return {
+        "none": {},
+        "points (PLY)": {"points": {"directory": os.path.join(out, "ply")}},
+        "record (MCAP)": {"record": {"path": os.path.join(out, "run.mcap")}},
+        "record + points": {"record": {"path": os.path.join(out, "run.mcap"), "points": True}},
+        "foxglove (no client)": {"foxglove": {"port": 0}},
+        "rerun (file)": {"rerun": {"path": os.path.join(out, "run.rrd")}},
+    }[name]
+
+
+VARIANTS = (
+    "none", "points (PLY)", "record (MCAP)", "record + points", "foxglove (no client)",
+    "rerun (file)",
+)  # fmt: skip
+
+
+def run_once(name: str, clip: str, checkpoint: str, size: tuple[int, int], frames: int) -> float:
+    h, w = size
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as out:
+        config = {
+            "sources": [{"uri": clip, "id": "cam", "max_frames": frames,
+                         "intrinsics": [0.8 * w, 0.8 * w, (w - 1) / 2, (h - 1) / 2]}],
+            "model": {"checkpoint": checkpoint, "backend": "eager", "precision": "fp32",
+                      "input_size": list(size)},
+            "outputs": outputs(name, out),
+            "metrics": {"interval_s": 0},
+        }  # fmt: skip
+        summary = Pipeline(config, log_summary=False).run()
+    if summary.outcome != "finished" or summary.frames["cam"] != frames:
+        raise RuntimeError(f"{name}: {summary.outcome}, {summary.frames} ({summary.error})")
+    return summary.fps
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=20, help="frames per run (default 20)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every output (default 3)")
+    p.add_argument("--size", type=parse_size, default=(480, 640), help="HxW (default 480x640)")
+    p.add_argument("--out", help="JSON path (default benchmarks/results/sinks_<size>.json)")
+    args = p.parse_args()
+    tune_cpu_allocator()  # before any thread exists, as the program does
+    h, w = args.size
+    with tempfile.TemporaryDirectory(prefix="bench-sinks-data-") as tmp:
+        checkpoint = random_checkpoint(os.path.join(tmp, "ckpt"), preset="default", seed=2)
+        clip = write_clip(os.path.join(tmp, "clip.avi"), args.frames, h, w, fps=30.0)
+        fps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        for r in range(args.rounds):
+            for name in VARIANTS:
+                fps[name].append(run_once(name, clip, checkpoint, args.size, args.frames))
+                print(f"round {r + 1}: {name:<22} {fps[name][-1]:6.2f} fps", flush=True)
+    rows = []
+    for name in VARIANTS:
+        ratios = [a / b for a, b in zip(fps[name], fps["none"])]
+        rows.append({"output": name, "fps": fps[name], "ratio_median": statistics.median(ratios),
+                     "ratio_min": min(ratios), "ratio_max": max(ratios)})  # fmt: skip
+    print(f"\n{h}x{w}, small default model, eager fp32, "
+          f"{args.frames} frames x {args.rounds} rounds")  # fmt: skip
+    print(f"{'output':<22}{'fps (median)':>14}{'vs none':>10}{'range':>16}")
+    for row in rows:
+        print(f"{row['output']:<22}{statistics.median(row['fps']):>14.2f}"
+              f"{100 * row['ratio_median']:>9.0f}%"
+              f"{100 * row['ratio_min']:>9.0f}-{100 * row['ratio_max']:.0f}%")  # fmt: skip
+    out = args.out or os.path.join(RESULTS, f"sinks_{h}x{w}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"machine": machine_info(), "size": [h, w], "frames": args.frames,
+                   "rounds": args.rounds, "rows": rows}, f, indent=2)  # fmt: skip
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
