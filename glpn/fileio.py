@@ -21,6 +21,13 @@ def tmp_name(path: str) -> str:
     return f"{path}.tmp{os.getpid()}"
 
 
+def partial_path(path: str) -> str:
+    """Where a file written over time (a video, a recording) lives until it is complete:
+    out.mcap -> out.partial.mcap; renamed to `path` once it is."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.partial{ext}"
+
+
 def atomic_write(path: str, data: bytes, *, fsync: bool = False) -> None:
     """Write `data` to `path` through a temporary file and a rename.
 

@@ -47,3 +47,6 @@ def one_line(text: object, limit: int = MESSAGE_LIMIT) -> str:
     if len(head) <= limit and len(s) <= 4 * limit:
         return head
     return head[: limit - 1].rstrip() + "…"
+
+
+ROBOTICS_INSTALL = "pip install depthstream[robotics]"  # what the optional robotics outputs need

@@ -32,13 +32,12 @@ from typing import Any
 
 from . import ros_msgs
 from .config import FoxgloveConfig
-from .errors import ConfigError, EndpointError
+from .errors import ROBOTICS_INSTALL, ConfigError, EndpointError
 from .results import DepthResult
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install depthstream[robotics]"
 
 
 def _libraries() -> tuple[Any, Callable[[str, str], dict[str, Callable[[Any], bytes]]]]:
@@ -49,7 +48,7 @@ def _libraries() -> tuple[Any, Callable[[str, str], dict[str, Callable[[Any], by
     except ImportError as e:
         raise ConfigError(
             f"outputs.foxglove (--foxglove) needs foxglove-sdk and mcap-ros2-support "
-            f"({e.name} is missing): {INSTALL_HINT}"
+            f"({e.name} is missing): {ROBOTICS_INSTALL}"
         ) from None
     return foxglove, serialize_dynamic
 

@@ -31,22 +31,18 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from glpn.fileio import partial_path
+
 from . import ros_msgs
 from .config import RecordConfig
-from .errors import ConfigError
+from .errors import ROBOTICS_INSTALL, ConfigError
 from .results import DepthResult
 from .sinks import Sink
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install depthstream[robotics]"
 CHUNK_BYTES = 1 << 20  # a killed run loses at most the chunk being filled (about one VGA frame)
 
-
-def partial_path(path: str) -> str:
-    """Where `path` is written until it is complete: out.mcap -> out.partial.mcap."""
-    root, ext = os.path.splitext(path)
-    return f"{root}.partial{ext}"
 
 
 def _writer_class() -> Any:
@@ -55,7 +51,7 @@ def _writer_class() -> Any:
         from mcap_ros2.writer import Writer
     except ImportError as e:
         raise ConfigError(
-            f"outputs.record (--record) needs mcap-ros2-support: {INSTALL_HINT} ({e})"
+            f"outputs.record (--record) needs mcap-ros2-support: {ROBOTICS_INSTALL} ({e})"
         ) from None
     return Writer, CompressionType
 

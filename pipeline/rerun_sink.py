@@ -37,8 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from glpn.fileio import partial_path
+
 from .config import RerunConfig
-from .errors import ConfigError
+from .errors import ROBOTICS_INSTALL, ConfigError
 from .geometry import Intrinsics
 from .results import DepthResult
 from .ros_msgs import stamp_ns
@@ -46,15 +48,9 @@ from .sinks import Sink
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install depthstream[robotics]"
 APPLICATION_ID = "depthstream"
 CLOSE_TIMEOUT_S = 2.0  # how long closing waits for a live viewer to take the last frames
 
-
-def partial_path(path: str) -> str:
-    """Where `path` is written until it is complete: out.rrd -> out.partial.rrd."""
-    root, ext = os.path.splitext(path)
-    return f"{root}.partial{ext}"
 
 
 def _rerun() -> Any:
@@ -62,7 +58,7 @@ def _rerun() -> Any:
         import rerun
     except ImportError as e:
         raise ConfigError(
-            f"outputs.rerun (--rerun) needs rerun-sdk: {INSTALL_HINT} ({e})"
+            f"outputs.rerun (--rerun) needs rerun-sdk: {ROBOTICS_INSTALL} ({e})"
         ) from None
     return rerun
 

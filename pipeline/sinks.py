@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import zmq
 
-from glpn.fileio import atomic_write, remove_stale_tmp
+from glpn.fileio import atomic_write, partial_path, remove_stale_tmp
 
 from . import messages
 from .config import FilesSinkConfig, VideoSinkConfig
@@ -274,7 +274,7 @@ class VideoSink(Sink):
         if folder:
             os.makedirs(folder, exist_ok=True)
         fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[ext.lower()])
-        video = _Video(None, f"{root}.partial{ext}", path, (w, h))  # type: ignore[arg-type]
+        video = _Video(None, partial_path(path), path, (w, h))  # type: ignore[arg-type]
         video.writer = cv2.VideoWriter(video.partial, fourcc, float(fps), (w, h))
         if not video.writer.isOpened():
             raise OSError(f"cannot write video {path} ({self.FOURCC[ext.lower()]}, {w}x{h})")

@@ -28,9 +28,10 @@ from test_cli import (
     write_clip,
 )
 
+from glpn.fileio import partial_path
 from pipeline import Pipeline
 from pipeline.config import RecordConfig
-from pipeline.record_mcap import RecordSink, partial_path
+from pipeline.record_mcap import RecordSink
 from pipeline.results import DepthResult
 
 pytest.importorskip("mcap_ros2")  # the robotics extra (part of the test extra)

@@ -29,9 +29,10 @@ from test_cli import (
     write_clip,
 )
 
+from glpn.fileio import partial_path
 from pipeline import Pipeline
 from pipeline.config import RerunConfig
-from pipeline.rerun_sink import CLOSE_TIMEOUT_S, RerunSink, partial_path
+from pipeline.rerun_sink import CLOSE_TIMEOUT_S, RerunSink
 from pipeline.results import DepthResult
 
 rr = pytest.importorskip("rerun")  # the robotics extra (part of the test extra)
