@@ -3,10 +3,11 @@
 A lossless clip (default 480x640) through the small default model at the clip's size, with known
 intrinsics, once per output: none, PLY point clouds (`outputs.points`, stride 1), an MCAP recording
 (depth + camera_info), an MCAP recording with point clouds, a Foxglove server (no client), a
-Rerun file. The runs alternate round by round, so the machine's drift hits every output alike; the
-result per output is the median over rounds of its fps divided by the same round's fps without
-outputs. fps is the summary's: frames over the running time, start-up excluded. Prints a table;
-writes benchmarks/results/sinks_<size>.json (or --out).
+Rerun file, the Prometheus endpoint scraped every second. The runs alternate round by round, so
+the machine's drift hits every output alike; the result per output is the median over rounds of
+its fps divided by the same round's fps without outputs. fps is the summary's: frames over the
+running time, start-up excluded. Prints a table; writes benchmarks/results/sinks_<size>.json
+(or --out).
 
     python benchmarks/bench_sinks.py [--frames 20] [--rounds 3] [--size 480x640]
 """
@@ -18,6 +19,8 @@ import json
 import os
 import statistics
 import tempfile
+import threading
+import urllib.request
 
 # As the program does (pipeline.cli): OpenMP threads wait passively, read when torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -38,12 +41,31 @@ def outputs(name: str, out: str) -> dict:
         "record + points": {"record": {"path": os.path.join(out, "run.mcap"), "points": True}},
         "foxglove (no client)": {"foxglove": {"port": 0}},
         "rerun (file)": {"rerun": {"path": os.path.join(out, "run.rrd")}},
+        SCRAPED: {},  # metrics.port instead: see run_once
     }[name]
+
+
+SCRAPED = "prometheus (scraped 1 s)"  # the Prometheus endpoint, scraped every second as it runs
+
+
+def scrape_every(url: str, period_s: float, stop: threading.Event) -> threading.Thread:
+    """A thread GETting `url` every `period_s` (first at once) until `stop`, as Prometheus does."""
+
+    def run() -> None:
+        while True:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read()
+            if stop.wait(period_s):
+                return
+
+    thread = threading.Thread(target=run, name="bench-scraper", daemon=True)
+    thread.start()
+    return thread
 
 
 VARIANTS = (
     "none", "points (PLY)", "record (MCAP)", "record + points", "foxglove (no client)",
-    "rerun (file)",
+    "rerun (file)", SCRAPED,
 )  # fmt: skip
 
 
@@ -56,9 +78,17 @@ def run_once(name: str, clip: str, checkpoint: str, size: tuple[int, int], frame
             "model": {"checkpoint": checkpoint, "backend": "eager", "precision": "fp32",
                       "input_size": list(size)},
             "outputs": outputs(name, out),
-            "metrics": {"interval_s": 0},
+            "metrics": {"interval_s": 0, **({"port": 0} if name == SCRAPED else {})},
         }  # fmt: skip
-        summary = Pipeline(config, log_summary=False).run()
+        pipe = Pipeline(config, log_summary=False).start()
+        stop = threading.Event()
+        scraper = scrape_every(pipe.endpoints["metrics"], 1.0, stop) if name == SCRAPED else None
+        try:
+            summary = pipe.join()
+        finally:
+            stop.set()
+        if scraper is not None:
+            scraper.join()
     if summary.outcome != "finished" or summary.frames["cam"] != frames:
         raise RuntimeError(f"{name}: {summary.outcome}, {summary.frames} ({summary.error})")
     return summary.fps

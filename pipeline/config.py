@@ -36,6 +36,7 @@ from .config_checks import (  # noqa: F401 (some only re-exported)
     _short,
 )
 from .config_outputs import (  # noqa: F401 (part of this module's API)
+    DepthVideoConfig,
     FilesSinkConfig,
     FoxgloveConfig,
     OutputsConfig,
@@ -150,6 +151,16 @@ class PointsConfig:
 
 
 @dataclass(frozen=True)
+class TemporalConfig:
+    alpha: float = 0.4  # weight of the new frame in the moving average, (0..1]; 1: no smoothing
+    reset: float = 0.1  # relative change |d - avg| / avg above which a pixel takes the new value
+
+    def __post_init__(self) -> None:
+        _in_range(self.alpha, "alpha", 0, 1, above=True)
+        _in_range(self.reset, "reset", 0, 10, above=True)
+
+
+@dataclass(frozen=True)
 class PostprocessConfig:
     resize_to_source: bool = True  # depth back to each frame's source size (else the model's size)
     depth_range: tuple[float, float] | None = None  # fixed colour range (near, far) m; None: 0..max
@@ -157,6 +168,7 @@ class PostprocessConfig:
     side_by_side: bool = False  # view = input frame | colourised depth
     view: bool | None = None  # make the colourised view; None: only when a sink needs it
     points: PointsConfig | None = None  # point clouds; None: defaults only when a sink needs them
+    temporal: TemporalConfig | None = None  # flicker control per stream; None: off
 
     def __post_init__(self) -> None:
         r = self.depth_range
@@ -191,12 +203,17 @@ class TransportConfig:
 class MetricsConfig:
     interval_s: float = 5.0  # seconds between metrics log lines; 0 turns them off
     window: int = 4096  # latency samples kept per stage for the percentiles
+    port: int | None = None  # Prometheus endpoint (pipeline.prometheus); 0: any free one; None: off
+    host: str = "127.0.0.1"  # address it binds to (loopback: only this machine can scrape it)
 
     def __post_init__(self) -> None:
         v = self.interval_s  # a tiny period would only flood the log
         _require(v == 0 or (_is_number(v) and 0.01 <= v <= 86_400), "interval_s",
                  f"must be 0 (off) or in 0.01..86400, got {_short(v)}")  # fmt: skip
         _in_range(self.window, "window", 16, 1_000_000)
+        _in_range(self.port, "port", 0, 65535)
+        _require(isinstance(self.host, str) and self.host.strip() == self.host != "", "host",
+                 f"{_short(self.host)} is not a host name or address")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -206,7 +223,7 @@ class Config:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)  # depth + view
     outputs: OutputsConfig = field(default_factory=OutputsConfig)  # sinks (any number)
     transport: TransportConfig = field(default_factory=TransportConfig)  # links between stages
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # periodic log + summary
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)  # log, summary, Prometheus
 
     def __post_init__(self) -> None:
         sources = tuple(

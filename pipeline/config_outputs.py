@@ -58,13 +58,24 @@ class FilesSinkConfig:
 
 @dataclass(frozen=True)
 class VideoSinkConfig:
-    path: str  # .avi (MJPG) or .mp4 (mp4v); "{stream}" is replaced, and added with several streams
-    fps: float | None = None  # None: the source's frame rate (30 when it has none)
+    path: str  # .mp4 (H.264) or .avi (MJPG); "{stream}" is replaced, and added with several streams
+    fps: float | None = None  # None: the source's frame rate and timestamps (30 when it has none)
 
     def __post_init__(self) -> None:
         ext = os.path.splitext(self.path)[1].lower()
         _require(ext in (".avi", ".mp4"), "path", f"{_short(self.path)} must end in .avi or .mp4")
         _in_range(self.fps, "fps", MIN_FPS, MAX_FPS)
+
+
+@dataclass(frozen=True)
+class DepthVideoConfig:
+    path: str  # .mkv, lossless 16-bit grey FFV1; "{stream}" is replaced, added with several streams
+    scale: float = 256.0  # uint16 value = metres * scale (KITTI: 256, to 255.99 m); 0 = no depth
+
+    def __post_init__(self) -> None:
+        _require(self.path.lower().endswith(".mkv"), "path",
+                 f"{_short(self.path)} must end in .mkv")  # fmt: skip
+        _in_range(self.scale, "scale", 1.0, 10000.0)
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,7 @@ class OutputsConfig:
     zmq: ZmqSinkConfig | None = None  # publish depth for other programs (pipeline.client)
     files: FilesSinkConfig | None = None  # per-frame .npy / 16-bit .png
     video: VideoSinkConfig | None = None  # colourised depth video
+    depth_video: DepthVideoConfig | None = None  # lossless depth video (--save-depth-video)
     window: WindowSinkConfig | None = (
         None  # on-screen view; skipped with a warning without a display
     )

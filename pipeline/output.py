@@ -18,8 +18,9 @@ from .display import WindowSink, display_available
 from .errors import EndpointError, MessageError
 from .geometry import check_frame
 from .results import DepthResult
-from .sinks import CallbackSink, FileSink, PublishSink, Sink, VideoSink
+from .sinks import CallbackSink, FileSink, PublishSink, Sink
 from .stage import Stage
+from .video_sink import VideoSink
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class SinkStage(Stage):
         if out.video is not None:
             self.video = VideoSink(out.video, self.streams)
             self.sinks.append(self.video)
+        if out.depth_video is not None:  # imports av (PyAV) only when asked for
+            from .depth_video import DepthVideoSink
+
+            self.sinks.append(DepthVideoSink(out.depth_video, self.streams))
         if out.window is not None:
             if display_available():
                 self.sinks.append(WindowSink(out.window, self.request_stop))

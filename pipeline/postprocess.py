@@ -17,6 +17,7 @@ from .config import PointsConfig, PostprocessConfig, SourceConfig
 from .errors import MessageError
 from .geometry import Intrinsics, backproject, point_colours, source_camera
 from .stage import Stage
+from .temporal import TemporalFilter
 
 
 class PostprocessStage(Stage):
@@ -44,6 +45,7 @@ class PostprocessStage(Stage):
         self.hwm = hwm
         # (stream, source (h, w), depth (h, w)) -> the camera of the depth as delivered
         self._cameras: dict[tuple[str, tuple[int, int], tuple[int, int]], Intrinsics | None] = {}
+        self._temporal: dict[str, TemporalFilter] = {}  # config.temporal's state per stream
 
     def setup(self) -> None:
         self.inp = self.socket(zmq.PULL, bind=self.input, hwm=self.hwm, role="input")
@@ -56,6 +58,7 @@ class PostprocessStage(Stage):
             for msg in self.incoming(self.inp, self.streams):
                 if msg.kind == "eos":
                     self.forward_eos(self.out, msg.stream)
+                    self._temporal.pop(msg.stream, None)
                     ended.add(msg.stream)
                 else:
                     try:
@@ -71,6 +74,8 @@ class PostprocessStage(Stage):
         depth = msg.array("depth", dtype="float32", ndim=2)
         if self.config.resize_to_source:
             depth = resize_depth(depth, tuple(msg.header["source_shape"]))
+        if self.config.temporal is not None:  # at the size every output gets; a new size resets
+            depth = self._stabiliser(msg.stream)(depth)
         arrays = {"depth": depth}
         if self.make_view:
             view_range = self.config.depth_range or (0.0, msg.header.get("max_depth") or 10.0)
@@ -99,6 +104,11 @@ class PostprocessStage(Stage):
             header["points"] = {"stride": self.points.stride, "count": count,
                                 "colour": self.points.colour}  # fmt: skip
         return header, arrays
+
+    def _stabiliser(self, stream: str) -> TemporalFilter:
+        if stream not in self._temporal:
+            self._temporal[stream] = TemporalFilter(self.config.temporal)
+        return self._temporal[stream]
 
     def _image(self, msg: messages.Message) -> np.ndarray:
         image = msg.array("image", dtype="uint8", ndim=3)

@@ -39,6 +39,7 @@ from .errors import MessageError, StageError
 from .inference import EngineFactory
 from .launch import Launcher, ThreadLauncher
 from .metrics import percentiles
+from .prometheus import MetricsServer
 from .report import MetricsLog, stage_metrics, status_line
 from .results import DepthResult
 from .sources import check_source, resolve_kind
@@ -92,6 +93,7 @@ class Pipeline:
         self._t_ready: float | None = None  # every stage ready: the start-up ends here
         self._t_end: float | None = None
         self._monitor: MetricsLog | None = None
+        self._prometheus: MetricsServer | None = None  # metrics.port: the Prometheus endpoint
         self._summary: Summary | None = None
 
     @property
@@ -123,6 +125,9 @@ class Pipeline:
             results=self._want_results,
         )
         try:
+            if self.config.metrics.port is not None:  # first: a port in use fails before the engine
+                m = self.config.metrics
+                self._prometheus = MetricsServer(self, m.host, m.port)
             for spec in self.topology.launch_order():
                 self._launch(spec)
         except _StartAborted:  # stop() or a signal while the engine was loading
@@ -135,6 +140,8 @@ class Pipeline:
         # Captures start last: no frame was read before this, so the start-up ends here.
         self._t_ready = time.monotonic()
         self.endpoints = self.topology.public_endpoints(lambda name: self._by_name[name].bound)
+        if self._prometheus is not None:
+            self.endpoints["metrics"] = self._prometheus.url
         log.info(
             "depthstream: %d stream(s) %s, engine %s, transport %s",
             len(self.streams), ", ".join(self.streams), self._by_name["inference"].description,
@@ -226,6 +233,8 @@ class Pipeline:
             self._controls = []
         if self._monitor is not None:
             self._monitor.stop()
+        if self._prometheus is not None:
+            self._prometheus.close()
         if self._launcher is not None:
             for stage in self.stages:
                 self._launcher.join(stage, 0)
@@ -349,6 +358,11 @@ class Pipeline:
         if self.topology is None:
             return {}
         return stage_metrics(self.topology, self._by_name)
+
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from start() until every stage was ready; None until then."""
+        return None if self._t_ready is None else round(self._t_ready - self._t_start, 3)
 
     def status_line(self) -> str:
         """One line: output fps, end-to-end latency, per-stage p95 / queue / drops."""

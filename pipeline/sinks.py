@@ -1,9 +1,9 @@
-"""Outputs: ZeroMQ PUB, per-frame .npy / 16-bit .png, colourised video, callback.
+"""Outputs: ZeroMQ PUB, per-frame .npy / 16-bit .png, callback; the Sink base class.
 
 Every sink takes finished DepthResults in the sink stage's thread and is closed on every exit path.
 Files are written under a temporary name and renamed, so an interrupted run never leaves a
-half-written file under a final name (and never corrupts one from an earlier run). The on-screen
-window is in pipeline.display.
+half-written file under a final name (and never corrupts one from an earlier run). The colourised
+video is in pipeline.video_sink, the on-screen window in pipeline.display.
 """
 
 from __future__ import annotations
@@ -14,17 +14,16 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import cv2
 import numpy as np
 import zmq
 
-from glpn.fileio import atomic_write, partial_path, remove_stale_tmp
+from glpn.fileio import atomic_write, remove_stale_tmp
 
 from . import messages
-from .config import FilesSinkConfig, VideoSinkConfig
+from .config import FilesSinkConfig
 from .results import DepthResult
 
 log = logging.getLogger(__name__)
@@ -32,9 +31,9 @@ log = logging.getLogger(__name__)
 PNG_SCALE = 256.0  # KITTI convention: uint16 value = depth in metres * 256; 0 = no depth
 
 
-def depth_to_png16(depth: np.ndarray) -> np.ndarray:
-    """Metres -> uint16 depth * 256 (KITTI); invalid (NaN, <= 0) -> 0, saturating at 65535."""
-    scaled = np.nan_to_num(depth * PNG_SCALE, nan=0.0, posinf=65535.0, neginf=0.0)
+def depth_to_png16(depth: np.ndarray, scale: float = PNG_SCALE) -> np.ndarray:
+    """Metres -> uint16 depth * scale (KITTI 256); invalid (NaN, <= 0) -> 0; saturates at 65535."""
+    scaled = np.nan_to_num(depth * scale, nan=0.0, posinf=65535.0, neginf=0.0)
     return np.clip(np.round(scaled), 0, 65535).astype(np.uint16)
 
 
@@ -207,136 +206,6 @@ class FileSink(Sink):
             f"depth files ({kinds})" + ("" if flat else f", {s}"): os.path.join(folder, "")
             for s, folder in self._streams.items()
         }
-
-
-def video_path(template: str, stream: str, several: bool) -> str:
-    """The video file of `stream`: "{stream}" replaced, or added before the extension if several."""
-    if "{stream}" in template:
-        return template.replace("{stream}", stream)
-    if several:
-        root, ext = os.path.splitext(template)
-        return f"{root}_{stream}{ext}"
-    return template
-
-
-@dataclass
-class _Video:
-    """One stream's video while it is written."""
-
-    writer: cv2.VideoWriter
-    partial: str  # written here, renamed to `path` once it plays to its last frame
-    path: str
-    size: tuple[int, int]  # (w, h): every frame is resized to the first one's size
-    frames: int = 0
-
-
-class VideoSink(Sink):
-    """Colourised view to a video per stream: MJPG in .avi or mp4v in .mp4 (OpenCV can encode).
-
-    Written as NAME.partial.EXT and renamed when closed, so the final name is always a complete
-    file. OpenCV's writer reports no write errors (a full disk gives a truncated file and no
-    error), so the sink checks for itself: it stops with an error naming the file as soon as the
-    disk is full, and on closing it renames a video only once it opens and plays to its last
-    frame; one that does not is removed and is an error.
-    """
-
-    FOURCC = {".avi": "MJPG", ".mp4": "mp4v"}
-    MIN_FREE_BYTES = 64 * 1024  # less free space than this after a frame: the disk is full
-
-    def __init__(self, config: VideoSinkConfig, streams: Sequence[str]) -> None:
-        self.config = config
-        self.several = len(streams) > 1
-        self._videos: dict[str, _Video] = {}
-        self.frames: dict[str, int] = {}
-        self.paths: dict[str, str] = {}  # stream -> its complete video (only once it is one)
-
-    def write(self, result: DepthResult) -> None:
-        view = result.view
-        if view is None:
-            return
-        video = self._videos.get(result.stream) or self._open(result, view)
-        w, h = video.size
-        if view.shape[:2] != (h, w):  # size must not change within a video
-            view = cv2.resize(view, (w, h), interpolation=cv2.INTER_AREA)
-        video.writer.write(np.ascontiguousarray(view))
-        video.frames += 1
-        self.frames[result.stream] = video.frames
-        if _free_bytes(video.partial) < self.MIN_FREE_BYTES:
-            self._videos.pop(result.stream)
-            self._fail(video, "no space left on device")
-
-    def _open(self, result: DepthResult, view: np.ndarray) -> _Video:
-        path = video_path(self.config.path, result.stream, self.several)
-        root, ext = os.path.splitext(path)
-        fps = self.config.fps or result.header.get("fps") or 30.0
-        h, w = view.shape[:2]
-        folder = os.path.dirname(path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        fourcc = cv2.VideoWriter_fourcc(*self.FOURCC[ext.lower()])
-        video = _Video(None, partial_path(path), path, (w, h))  # type: ignore[arg-type]
-        video.writer = cv2.VideoWriter(video.partial, fourcc, float(fps), (w, h))
-        if not video.writer.isOpened():
-            raise OSError(f"cannot write video {path} ({self.FOURCC[ext.lower()]}, {w}x{h})")
-        self._videos[result.stream] = video
-        return video
-
-    def end_stream(self, stream: str) -> None:
-        video = self._videos.pop(stream, None)
-        if video is None:
-            return
-        video.writer.release()
-        if _plays_to_last_frame(video.partial, video.frames):
-            os.replace(video.partial, video.path)
-            self.paths[stream] = video.path
-            return
-        full = _free_bytes(video.partial) < self.MIN_FREE_BYTES
-        self._fail(video, "no space left on device" if full else "the file does not play back")
-
-    def _fail(self, video: _Video, cause: str) -> None:
-        """Remove the unusable partial video and raise the error that names it."""
-        video.writer.release()
-        with contextlib.suppress(OSError):
-            os.remove(video.partial)
-        raise OSError(
-            f"cannot write video {video.path}: {cause} after {video.frames} frames "
-            "(the incomplete file was removed)"
-        )
-
-    def files(self) -> dict[str, str]:
-        return {f"video, {stream}": path for stream, path in self.paths.items()}
-
-    def close(self) -> None:
-        errors = []
-        for stream in list(self._videos):  # every video is closed, even if one fails
-            try:
-                self.end_stream(stream)
-            except OSError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
-
-
-def _free_bytes(path: str) -> int:
-    """Space left for this process on the filesystem holding `path`."""
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return 1 << 62  # unknown: the check on closing still applies
-    return st.f_bavail * st.f_frsize
-
-
-def _plays_to_last_frame(path: str, frames: int) -> bool:
-    """Whether `path` opens, says it holds `frames` frames, and its last frame decodes."""
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    try:
-        if not cap.isOpened() or int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) < frames:
-            return False
-        cap.set(cv2.CAP_PROP_POS_FRAMES, frames - 1)
-        ok, _ = cap.read()
-        return ok
-    finally:
-        cap.release()
 
 
 class CallbackSink(Sink):

@@ -21,7 +21,8 @@ from pipeline_helpers import (
 from system_tools import require_ffmpeg
 
 from pipeline import Pipeline
-from pipeline.sinks import depth_to_png16, video_path
+from pipeline.sinks import depth_to_png16
+from pipeline.video_sink import video_path
 
 
 @pytest.fixture(scope="module")

@@ -107,6 +107,10 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
     if args.save_video is not None:
         video = outputs.get("video")
         outputs["video"] = {**(video if isinstance(video, dict) else {}), "path": args.save_video}
+    if args.save_depth_video is not None:
+        dv = outputs.get("depth_video")
+        outputs["depth_video"] = {**(dv if isinstance(dv, dict) else {}),
+                                  "path": args.save_depth_video}  # fmt: skip
     if args.publish is not None:
         pub = outputs.get("zmq")
         outputs["zmq"] = {**(pub if isinstance(pub, dict) else {}), "endpoint": args.publish}
@@ -134,8 +138,8 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
         ply = outputs.get("points")
         outputs["points"] = {**(ply if isinstance(ply, dict) else {}),
                              "directory": args.save_points}  # fmt: skip
-    for key, field in (("files", "directory"), ("video", "path"), ("record", "path"),
-                       ("points", "directory")):  # fmt: skip
+    for key, field in (("files", "directory"), ("video", "path"), ("depth_video", "path"),
+                       ("record", "path"), ("points", "directory")):  # fmt: skip
         section = outputs.get(key)
         if isinstance(section, dict) and isinstance(section.get(field), str):
             outputs[key] = {**section, field: _clean(section[field])}
@@ -159,12 +163,17 @@ def apply_options(data: dict[str, Any], args: argparse.Namespace, where: str) ->
         model["input_size"] = None if args.input_size == "auto" else list(args.input_size)
     if args.side_by_side:
         _section(data, "postprocess", where)["side_by_side"] = True
+    if args.stabilize:  # the config's temporal keys if it has them, else the defaults
+        _section(_section(data, "postprocess", where), "temporal", where)
     if args.points_stride is not None:
         _section(_section(data, "postprocess", where), "points", where)["stride"] = (
             args.points_stride
         )
     if args.metrics_interval is not None:
         _section(data, "metrics", where)["interval_s"] = args.metrics_interval
+    if args.metrics_port is not None:
+        host, port = args.metrics_port
+        _section(data, "metrics", where).update({"port": port, **({"host": host} if host else {})})
     _apply_to_outputs(data, args, where)
     return data
 
@@ -181,7 +190,7 @@ def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
     if not any((args.save_depth, args.save_video, args.publish, args.display)) and not (
         args.foxglove or args.record  # the demo in the Foxglove app only, or only recorded
         or args.rerun or args.rerun_connect
-        or args.save_points
+        or args.save_points or args.save_depth_video
     ):
         args.save_depth = os.path.join(DEMO_OUTPUT, "depth")
         args.save_video = os.path.join(DEMO_OUTPUT, "depth.mp4")

@@ -61,7 +61,13 @@ def _seconds(text: str) -> float:
 
 def _video_path(text: str) -> str:
     if os.path.splitext(text)[1].lower() not in (".avi", ".mp4"):
-        raise argparse.ArgumentTypeError(f"{text!r} must end in .avi (MJPG) or .mp4 (mp4v)")
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .mp4 (H.264) or .avi (MJPG)")
+    return text
+
+
+def _mkv_path(text: str) -> str:
+    if not text.lower().endswith(".mkv"):
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .mkv")
     return text
 
 
@@ -174,10 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
             "point clouds from every N-th pixel in each direction (N*N fewer points) "
             "[postprocess.points.stride]"))),
         ("--save-video", dict(type=_video_path, metavar="FILE", help=(
-            "colourised depth video, .avi (MJPG) or .mp4 (mp4v); several sources: FILE_<id>.ext, "
-            "or put {stream} in the name [outputs.video.path]"))),
+            "colourised depth video: .mp4 = H.264 with the source's timestamps, plays in "
+            "browsers (needs depthstream[video]; mp4v without it), .avi = MJPG; several "
+            "sources: FILE_<id>.ext, or put {stream} in the name [outputs.video.path]"))),
+        ("--save-depth-video", dict(type=_mkv_path, metavar="FILE.mkv", help=(
+            "lossless depth video: 16-bit grey FFV1 in Matroska, value = metres * 256 (KITTI; "
+            "tag DEPTH_SCALE), 0 = no depth; several sources: FILE_<id>.mkv, or {stream} in the "
+            "name; needs depthstream[video] [outputs.depth_video.path]"))),
         ("--side-by-side", dict(action="store_true", help=(
             "video/window show the input next to the depth [postprocess.side_by_side]"))),
+        ("--stabilize", dict(action="store_true", help=(
+            "flicker control: per stream a moving average of the depth that resets where a pixel "
+            "changes by more than 10%% (no ghosts) and follows the model's scale; every output "
+            "gets it [postprocess.temporal]"))),
         ("--publish", dict(type=_endpoint, metavar="ENDPOINT", help=(
             "ZeroMQ PUB endpoint for other programs (pipeline.client.DepthSubscriber), e.g. "
             "tcp://127.0.0.1:5556; a loopback address unless the network should reach it "
@@ -208,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
             "logging detail (default info); debug also prints tracebacks"))),
         ("--metrics-interval", dict(type=_seconds, metavar="SEC", help=(
             "seconds between metrics log lines, 0: off [metrics.interval_s]"))),
+        ("--metrics-port", dict(type=_host_port, metavar="[HOST:]PORT", help=(
+            "serve Prometheus metrics at http://HOST:PORT/metrics while the run lasts (frames, "
+            "drops, queues, latencies per stage, engine), by default on 127.0.0.1; 0 as the "
+            "port: any free one (logged); needs depthstream[metrics] [metrics.host/port]"))),
         ("--summary-json", dict(metavar="FILE", help=(
             "also write the final summary (per-stage counts, drops, latencies) as JSON"))),
     ]  # fmt: skip

@@ -1,0 +1,213 @@
+"""A Prometheus endpoint for a running pipeline (`metrics.port`, --metrics-port): prometheus-client.
+
+Nothing is counted twice: on each scrape a Collector reads the pipeline's own metrics (the stage
+snapshots of Pipeline.metrics(), the sink's frames per stream, the engine), as the status line and
+the summary do. Names follow Prometheus' conventions (base unit seconds, counters end in _total):
+
+    depthstream_stage_{received,processed,sent,malformed}_total{stage}   messages / items
+    depthstream_stage_dropped_total{stage,reason}    frames dropped on purpose (live mode, ...)
+    depthstream_stage_events_total{stage,event}      reconnects and other notable things
+    depthstream_stage_queue_depth{stage}             messages waiting for the stage + held in it
+    depthstream_stage_latency_seconds{stage,quantile}   work per item: 0.5, 0.95, 1 (= max)
+    depthstream_stage_wait_seconds{stage,quantile}      time items waited before the stage
+    depthstream_end_to_end_latency_seconds{quantile}    capture -> depth ready for the sinks
+    depthstream_frames_captured_total{stream}, depthstream_frames_delivered_total{stream}
+    depthstream_stage_<gauge>{stage}                 levels the stages keep (subscribers, ...)
+    depthstream_engine_info{backend,precision,device} 1, depthstream_startup_seconds
+
+The quantiles are gauges, not a histogram: the stages keep their latencies as percentiles over
+their last `metrics.window` items (as a client_golang summary keeps a sliding window), and no
+cumulative bucket counts; a histogram here would be a second bookkeeping of every item.
+
+The server is prometheus-client's WSGI app on the standard library's threading WSGI server, made
+here rather than with `start_http_server` (which since 0.20 also returns (server, thread)): its
+serve_forever polls for shutdown every 0.5 s, which every pipeline end would wait for; this one
+polls every 0.05 s, and close() joins its threads, so nothing outlives the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from .errors import ConfigError, EndpointError
+
+if TYPE_CHECKING:
+    from .runner import Pipeline
+
+log = logging.getLogger(__name__)
+
+METRICS_INSTALL = "pip install depthstream[metrics]"
+QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("1", "max"))  # label -> percentiles() key
+POLL_S = 0.05  # how often the server thread looks for close(): what a pipeline end waits at most
+CLIENT_TIMEOUT_S = 5.0  # a scraper silent this long is cut off (close() joins its thread)
+_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _library() -> Any:
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ConfigError(
+            f"metrics.port (--metrics-port) needs prometheus-client: {METRICS_INSTALL}"
+        ) from None
+    return prometheus_client
+
+
+class PipelineCollector:
+    """A prometheus-client Collector: each collect() reads the pipeline's live metrics."""
+
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+        self._engine: dict[str, str] | None = None  # kept: the stage drops its engine at the end
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        stages = self.pipe.metrics()  # one snapshot per stage, in flow order
+        by_name = {s.name: s for s in self.pipe.stages}
+
+        def counter(name: str, doc: str, labels: list[str]) -> Any:
+            return CounterMetricFamily(f"depthstream_{name}", doc, labels=labels)
+
+        def gauge(name: str, doc: str, labels: list[str]) -> Any:
+            return GaugeMetricFamily(f"depthstream_{name}", doc, labels=labels)
+
+        counts = {
+            key: counter(f"stage_{key}", doc, ["stage"])
+            for key, doc in (
+                ("received", "Messages the stage took from its input socket(s)."),
+                ("processed", "Items the stage finished work on."),
+                ("sent", "Messages the stage handed to the next stage."),
+                ("malformed", "Messages dropped because they did not decode."),
+            )
+        }
+        dropped = counter("stage_dropped", "Frames dropped on purpose.", ["stage", "reason"])
+        events = counter(
+            "stage_events", "Other notable things (reconnects, ...).", ["stage", "event"]
+        )
+        queue = gauge(
+            "stage_queue_depth", "Messages sent to the stage not yet taken, plus held in it.",
+            ["stage"],
+        )  # fmt: skip
+        latency = gauge(
+            "stage_latency_seconds", "Work per item over the stage's last metrics.window items.",
+            ["stage", "quantile"],
+        )  # fmt: skip
+        wait = gauge(
+            "stage_wait_seconds", "Time items waited before the stage (last metrics.window).",
+            ["stage", "quantile"],
+        )  # fmt: skip
+        levels: dict[str, Any] = {}
+        for stage, s in stages.items():
+            for key, family in counts.items():
+                family.add_metric([stage], s[key])
+            for reason, n in s["drops"].items():
+                dropped.add_metric([stage, reason], n)
+            for event, n in s.get("events", {}).items():
+                events.add_metric([stage, event], n)
+            queue.add_metric([stage], s["queue"])
+            _quantiles(latency, [stage], s["latency_ms"])
+            if "wait_ms" in s:
+                _quantiles(wait, [stage], s["wait_ms"])
+            for name, value in s.get("gauges", {}).items():
+                metric = f"stage_{_NAME.sub('_', name)}"
+                if metric not in levels:
+                    levels[metric] = gauge(metric, f"Level kept by the stage: {name}.", ["stage"])
+                levels[metric].add_metric([stage], value)
+        yield from counts.values()
+        yield from (dropped, events, queue, latency, wait, *levels.values())
+
+        e2e = gauge(
+            "end_to_end_latency_seconds",
+            "Capture to depth ready for the sinks, over the sink's last metrics.window frames.",
+            ["quantile"],
+        )
+        if "e2e_ms" in stages.get("sink", {}):
+            _quantiles(e2e, [], stages["sink"]["e2e_ms"])
+        yield e2e
+        captured = counter("frames_captured", "Frames read from each source.", ["stream"])
+        for stream in self.pipe.streams:
+            if f"capture:{stream}" in stages:  # an external source has no capture stage
+                captured.add_metric([stream], stages[f"capture:{stream}"]["processed"])
+        yield captured
+        delivered = counter("frames_delivered", "Frames delivered to the sinks.", ["stream"])
+        sink = by_name.get("sink")
+        for stream, n in dict(getattr(sink, "delivered", {})).items():
+            delivered.add_metric([stream], n)
+        yield delivered
+
+        engine = self._engine_labels(by_name.get("inference"))
+        if engine is not None:
+            yield InfoMetricFamily("depthstream_engine", "The inference engine.", value=engine)
+        if self.pipe.startup_s is not None:
+            yield GaugeMetricFamily(
+                "depthstream_startup_seconds",
+                "Start-up: until every stage was ready (engine built and warmed up).",
+                value=self.pipe.startup_s,
+            )
+
+    def _engine_labels(self, stage: Any) -> dict[str, str] | None:
+        engine = getattr(stage, "engine", None)
+        if self._engine is None and engine is not None:
+            self._engine = {
+                key: str(getattr(engine, key, "")) for key in ("backend", "precision", "device")
+            }
+        return self._engine
+
+
+def _quantiles(family: Any, labels: list[str], ms: dict[str, float]) -> None:
+    for quantile, key in QUANTILES:
+        family.add_metric([*labels, quantile], ms[key] / 1000)
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = False  # joined by server_close(): no request thread outlives close()
+    block_on_close = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = CLIENT_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:  # no access log on stderr
+        pass
+
+
+class MetricsServer:
+    """Serves the pipeline's metrics at http://HOST:PORT/metrics until close()."""
+
+    def __init__(self, pipe: Pipeline, host: str, port: int) -> None:
+        prom = _library()
+        registry = prom.CollectorRegistry(auto_describe=False)  # this pipeline's only
+        registry.register(PipelineCollector(pipe))
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            server = type("_Server", (_Server,), {"address_family": family})
+            self._httpd = make_server(
+                host, port, prom.make_wsgi_app(registry), server, handler_class=_QuietHandler
+            )
+        except OSError as e:
+            raise EndpointError(
+                f"metrics.port: cannot serve on {where}: {e.strerror or e}"
+            ) from None
+        bound = self._httpd.server_address[1]
+        self.url = f"http://{where.rsplit(':', 1)[0]}:{bound}/metrics"
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": POLL_S},
+            name="depthstream-prometheus", daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        log.info("depthstream: Prometheus metrics on %s", self.url)
+
+    def close(self) -> None:
+        """Stop serving, close the port, join the server's threads."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
