@@ -137,14 +137,7 @@ class DepthVideoSink(Sink):
         return {f"depth video, {stream}": path for stream, path in self.paths.items()}
 
     def close(self) -> None:
-        errors = []
-        for stream in list(self._videos):  # every video is closed, even if one fails
-            try:
-                self.end_stream(stream)
-            except OSError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        self.end_all(self._videos)
 
 
 def read_depth_video(path: str) -> tuple[list[np.ndarray], float]:

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -50,6 +50,17 @@ class Sink:
     def files(self) -> dict[str, str]:
         """What this sink has written so far that is complete: label -> file or folder."""
         return {}
+
+    def end_all(self, streams: Iterable[str]) -> None:
+        """end_stream() for every one of `streams`, even when one fails; then the first error."""
+        errors = []
+        for stream in list(streams):
+            try:
+                self.end_stream(stream)
+            except OSError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
 
 
 class PublishSink(Sink):

@@ -175,14 +175,7 @@ class VideoSink(Sink):
         return {f"video, {stream}": path for stream, path in self.paths.items()}
 
     def close(self) -> None:
-        errors = []
-        for stream in list(self._videos):  # every video is closed, even if one fails
-            try:
-                self.end_stream(stream)
-            except OSError as e:
-                errors.append(e)
-        if errors:
-            raise errors[0]
+        self.end_all(self._videos)
 
 
 def _free_bytes(path: str) -> int:
