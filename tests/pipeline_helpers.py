@@ -20,7 +20,7 @@ import zmq
 import glpn.engine
 from glpn.processing import input_size_for, prepare_frames, resize_depth
 from glpn.synthetic import synthetic_image
-from pipeline import Pipeline, SourceError, StageError
+from pipeline import Pipeline, SourceError, StageError, messages
 
 
 def frame_at(i: int, height: int, width: int) -> np.ndarray:
@@ -143,6 +143,30 @@ def xpub_on_tcp(option: int = zmq.XPUB_VERBOSE) -> Iterator[tuple[zmq.Socket, st
     finally:
         sock.close(0)
         ctx.term()
+
+
+def frame_header(
+    stream: str, index: int, *, shape: tuple[int, int] = (5, 7), mode: str = "lossless", **extra
+) -> dict:
+    """A frame header as the pipeline's stages write it, for messages built by hand."""
+    return {
+        "v": 1,
+        "kind": "frame",
+        "stream": stream,
+        "index": index,
+        "t_mono": time.monotonic(),
+        "t_wall": time.time(),
+        "mode": mode,
+        "source_shape": list(shape),
+        **extra,
+    }
+
+
+def depth_message(stream: str, index: int, shape: tuple[int, int] = (5, 7)) -> list:
+    """A PUB message of `stream` as the sink publishes it, depth filled with `index`."""
+    depth = np.full(shape, float(index), np.float32)
+    header = frame_header(stream, index, shape=shape)
+    return messages.encode(header, {"depth": depth}, topic=messages.stream_topic(stream))
 
 
 def depthstream_threads() -> list[str]:

@@ -37,11 +37,24 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
-def run_cli(*args: str, cwd: str | None = None, timeout: float = 300):
+def env_without(tmp_path, module: str) -> dict[str, str]:
+    """The CLI's environment with `import MODULE` failing, as on an install without the extra
+    that brings it: a module of that name that raises ImportError comes first on the path."""
+    block = tmp_path / f"without_{module}"
+    block.mkdir(parents=True)
+    (block / f"{module}.py").write_text(f"raise ImportError('No module named {module} (test)')\n")
+    env = child_env()
+    env["PYTHONPATH"] = str(block) + os.pathsep + env["PYTHONPATH"]
+    return env
+
+
+def run_cli(
+    *args: str, cwd: str | None = None, timeout: float = 300, env: dict[str, str] | None = None
+):
     return subprocess.run(
         [sys.executable, RUN_STREAM, *args],
         cwd=cwd,
-        env=child_env(),
+        env=env or child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

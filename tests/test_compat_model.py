@@ -8,32 +8,16 @@ import torch
 
 import glpn
 import glpn.mit
+from glpn.config import MODEL_FIELDS
 from glpn.synthetic import spread_init_, synthetic_image
 
 transformers = pytest.importorskip("transformers")
 
-# The architecture fields of the tiny preset, as transformers' GLPNConfig keywords.
-_ARCH = (
-    "num_channels",
-    "num_encoder_blocks",
-    "depths",
-    "sr_ratios",
-    "hidden_sizes",
-    "patch_sizes",
-    "strides",
-    "num_attention_heads",
-    "mlp_ratios",
-    "hidden_act",
-    "drop_path_rate",
-    "decoder_hidden_size",
-    "max_depth",
-    "head_in_index",
-)
 
 
 def _configs(**flags):
     ours = glpn.GLPNConfig.preset("tiny", **flags)
-    arch = {k: getattr(ours, k) for k in _ARCH}
+    arch = {k: getattr(ours, k) for k in MODEL_FIELDS}  # the network's fields
     arch = {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}
     arch["max_depth"] = int(arch["max_depth"])  # transformers' config insists on an int
     return transformers.GLPNConfig(**arch, **flags), ours

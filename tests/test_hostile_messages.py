@@ -17,6 +17,7 @@ from pipeline_helpers import (
     depthstream_threads,
     eager_factory,
     frame_at,
+    frame_header,
     load_engine,
     reference_depth,
     wait_until,
@@ -28,20 +29,6 @@ from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
 from pipeline.messages import stream_topic
 
 DEPTH = np.arange(35, dtype=np.float32).reshape(5, 7)
-
-
-def frame_header(stream: str, index: int, **extra) -> dict:
-    return {
-        "v": 1,
-        "kind": "frame",
-        "stream": stream,
-        "index": index,
-        "t_mono": time.monotonic(),
-        "t_wall": time.time(),
-        "mode": "lossless",
-        "source_shape": [5, 7],
-        **extra,
-    }
 
 
 def raw(header: dict, arrays: dict[str, np.ndarray], topic: bytes | None = None) -> list[bytes]:

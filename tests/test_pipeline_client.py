@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zmq
 from pipeline_helpers import (
+    depth_message,
     depthstream_threads,
     eager_factory,
     frame_at,
@@ -27,20 +28,6 @@ from pipeline.messages import stream_topic as topic
 
 def eos_message(stream):
     return messages.encode(messages.eos_header(stream), topic=topic(stream))
-
-
-def depth_message(stream, index, shape=(5, 7)):
-    header = {
-        "kind": "frame",
-        "stream": stream,
-        "index": index,
-        "t_mono": time.monotonic(),
-        "t_wall": time.time(),
-        "mode": "live",
-        "source_shape": list(shape),
-    }
-    depth = np.full(shape, float(index), np.float32)
-    return messages.encode(header, {"depth": depth}, topic=topic(stream))
 
 
 @pytest.fixture

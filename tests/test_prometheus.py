@@ -17,7 +17,14 @@ import urllib.request
 
 import pytest
 from pipeline_helpers import eager_factory, frame_at, wait_until
-from test_cli import RUN_STREAM, assert_one_error_line, child_env, paced_config, write_clip
+from test_cli import (
+    RUN_STREAM,
+    assert_one_error_line,
+    child_env,
+    env_without,
+    paced_config,
+    write_clip,
+)
 
 from pipeline import EndpointError, FrameSender, Pipeline
 
@@ -157,11 +164,7 @@ def test_cli_refuses_a_bad_metrics_port():
 
 
 def test_without_prometheus_client_the_cli_says_what_to_install(tiny_checkpoint, tmp_path):
-    hide = tmp_path / "hide"  # a prometheus_client that cannot be imported, first on the path
-    hide.mkdir()
-    (hide / "prometheus_client.py").write_text("raise ImportError('hidden by the test')\n")
-    env = child_env()
-    env["PYTHONPATH"] = f"{hide}:{env['PYTHONPATH']}"
+    env = env_without(tmp_path, "prometheus_client")
     clip = write_clip(str(tmp_path / "clip.avi"), 2)
     proc = subprocess.run(
         [sys.executable, RUN_STREAM, "--source", clip, "--checkpoint", tiny_checkpoint,

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from pipeline_helpers import (
+    depth_message,
     depthstream_threads,
     eager_factory,
     load_engine,
@@ -29,20 +30,6 @@ from pipeline.sinks import PublishSink
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMES = 12
-
-
-def depth_message(stream: str, index: int) -> list:
-    header = {
-        "kind": "frame",
-        "stream": stream,
-        "index": index,
-        "t_mono": time.monotonic(),
-        "t_wall": time.time(),
-        "mode": "lossless",
-        "source_shape": [4, 6],
-    }
-    depth = np.full((4, 6), float(index), np.float32)
-    return messages.encode(header, {"depth": depth}, topic=messages.stream_topic(stream))
 
 
 def eos_message(stream: str) -> list:

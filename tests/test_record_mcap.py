@@ -23,6 +23,7 @@ from test_cli import (
     RUN_STREAM,
     assert_one_error_line,
     child_env,
+    env_without,
     free_tcp_endpoint,
     run_cli,
     write_clip,
@@ -261,15 +262,9 @@ def test_killed_run_leaves_a_partial_file_readable_without_index(tiny_checkpoint
 def test_missing_library_is_one_clear_line(tiny_checkpoint, tmp_path):
     clip = write_clip(str(tmp_path / "clip.avi"), 2)
     record = tmp_path / "out.mcap"
-    argv = ["run_stream.py", "--source", clip, "--checkpoint", tiny_checkpoint,
-            "--record", str(record)]  # fmt: skip
-    code = (  # as if mcap-ros2-support were not installed
-        "import runpy, sys; sys.modules['mcap_ros2'] = None; "
-        f"sys.argv = {argv!r}; runpy.run_path({RUN_STREAM!r}, run_name='__main__')"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = run_cli("--source", clip, "--checkpoint", tiny_checkpoint, "--record", str(record),
+                   env=env_without(tmp_path / "env", "mcap_ros2"))  # fmt: skip
     assert_one_error_line(proc, 2, "--record", "pip install depthstream[robotics]")
-    assert os.listdir(tmp_path) == ["clip.avi"]
+    assert sorted(os.listdir(tmp_path)) == ["clip.avi", "env"]
     bad = run_cli("--source", clip, "--record", str(tmp_path / "out.bag"))
     assert_one_error_line(bad, 2, "--record", "must end in .mcap")

@@ -24,6 +24,7 @@ from test_cli import (
     RUN_STREAM,
     assert_one_error_line,
     child_env,
+    env_without,
     free_tcp_endpoint,
     run_cli,
     write_clip,
@@ -246,16 +247,11 @@ def test_ctrl_c_leaves_a_finished_rrd(tiny_checkpoint, tmp_path):
 
 def test_missing_library_and_bad_options_are_one_clear_line(tiny_checkpoint, tmp_path):
     clip = write_clip(str(tmp_path / "clip.avi"), 2)
-    argv = ["run_stream.py", "--source", clip, "--checkpoint", tiny_checkpoint,
-            "--rerun", str(tmp_path / "out.rrd")]  # fmt: skip
-    code = (  # as if rerun-sdk were not installed
-        "import runpy, sys; sys.modules['rerun'] = None; "
-        f"sys.argv = {argv!r}; runpy.run_path({RUN_STREAM!r}, run_name='__main__')"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = run_cli("--source", clip, "--checkpoint", tiny_checkpoint,
+                   "--rerun", str(tmp_path / "out.rrd"),
+                   env=env_without(tmp_path / "env", "rerun"))  # fmt: skip
     assert_one_error_line(proc, 2, "--rerun", "pip install depthstream[robotics]")
-    assert os.listdir(tmp_path) == ["clip.avi"]
+    assert sorted(os.listdir(tmp_path)) == ["clip.avi", "env"]
     bad = run_cli("--source", clip, "--rerun", str(tmp_path / "out.mcap"))
     assert_one_error_line(bad, 2, "--rerun", "must end in .rrd")
     bad = run_cli("--source", clip, "--rerun-connect", "http://127.0.0.1:9876")

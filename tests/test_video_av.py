@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pipeline_helpers import eager_factory, write_video
 from system_tools import needs_ffmpeg, require_ffmpeg
-from test_cli import RUN_STREAM, assert_one_error_line, child_env, run_cli
+from test_cli import RUN_STREAM, assert_one_error_line, env_without, run_cli
 
 from pipeline import Pipeline
 from pipeline.depth_video import read_depth_video
@@ -131,12 +131,7 @@ def test_depth_video_decodes_to_the_npy_depth(tiny_checkpoint, tmp_path):
 @pytest.fixture
 def env_without_av(tmp_path) -> dict[str, str]:
     """The CLI's environment with `import av` failing, as on a core install without PyAV."""
-    block = tmp_path / "no_av"
-    block.mkdir()
-    (block / "av.py").write_text("raise ImportError('No module named av (blocked by the test)')\n")
-    env = child_env()
-    env["PYTHONPATH"] = str(block) + os.pathsep + env["PYTHONPATH"]
-    return env
+    return env_without(tmp_path, "av")
 
 
 def test_without_pyav_mp4_is_mp4v_with_one_warning_and_depth_video_an_error(
