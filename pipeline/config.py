@@ -35,6 +35,7 @@ from .config_checks import (  # noqa: F401 (some only re-exported)
     _require,
     _short,
 )
+from .config_network import ENCODINGS, IngestConfig, WorkersConfig  # noqa: F401
 from .config_outputs import (  # noqa: F401 (part of this module's API)
     DepthVideoConfig,
     FilesSinkConfig,
@@ -47,6 +48,7 @@ from .config_outputs import (  # noqa: F401 (part of this module's API)
     WindowSinkConfig,
     ZmqSinkConfig,
 )
+from .curve import CurveConfig  # noqa: F401
 from .limits import MAX_FPS, MAX_IMAGE_SIDE, MAX_INPUT_SIDE, STREAM_ID  # noqa: F401
 
 
@@ -130,9 +132,11 @@ class ModelConfig:
     )
     max_batch: int = 1  # most frames per model call (micro-batching across frames and streams)
     max_wait_ms: float = 5.0  # how long a partial batch waits for more frames
+    simulate_ms: float = 40.0  # backend simulate: the delay of one batch (no model is run)
 
     def __post_init__(self) -> None:
         _check_size(self.input_size, "input_size")
+        _in_range(self.simulate_ms, "simulate_ms", 0, 60_000)
         _require(
             1 <= self.max_batch <= 256, "max_batch", f"must be in 1..256, got {self.max_batch}"
         )
@@ -224,6 +228,8 @@ class Config:
     outputs: OutputsConfig = field(default_factory=OutputsConfig)  # sinks (any number)
     transport: TransportConfig = field(default_factory=TransportConfig)  # links between stages
     metrics: MetricsConfig = field(default_factory=MetricsConfig)  # log, summary, Prometheus
+    workers: WorkersConfig | None = None  # inference on worker processes/hosts; None: in process
+    ingest: IngestConfig | None = None  # remote cameras (external sources) push frames here
 
     def __post_init__(self) -> None:
         sources = tuple(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config_checks import (
     FILE_LAYOUTS,
@@ -19,6 +19,7 @@ from .config_checks import (
     _require,
     _short,
 )
+from .curve import CurveConfig
 from .limits import MAX_FPS
 
 
@@ -29,6 +30,7 @@ class ZmqSinkConfig:
     hwm: int = 4  # messages queued per subscriber; a slow subscriber loses frames beyond this
     wait_subscribers: int = 0  # send only once this many subscriptions arrived; 0: don't wait
     wait_timeout_s: float = 10.0  # from the first frame, how long to wait for them; then an error
+    curve: CurveConfig = field(default_factory=CurveConfig)  # keys: secret + allow (subscribers')
 
     def __post_init__(self) -> None:
         _require(_endpoint_ok(self.endpoint), "endpoint",

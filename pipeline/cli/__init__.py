@@ -40,11 +40,27 @@ __all__ = [
 ]
 
 
+# `depthstream NAME ...`: a module of this package with build_parser() and run(args) -> exit code.
+SUBCOMMANDS = {
+    "worker": "worker",  # an inference worker of a hub (--workers)
+    "capture": "capture_cmd",  # a camera feeding a hub's --ingest from another host
+    "keys": "keys",  # a CURVE key pair
+}
+
+
 def run_command(argv: list[str] | None = None) -> int:
     """Parse `argv`, run, report; the exit code (user errors printed as one `error:` line)."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        import importlib
+
+        command = importlib.import_module(f".{SUBCOMMANDS[argv[0]]}", __name__)
+        args = command.build_parser().parse_args(argv[1:])
+        run = command.run
+    else:
+        args = build_parser().parse_args(argv)
+        from .run import run
     from .report import setup_logging
-    from .run import run
 
     setup_logging(args.log_level)
     try:

@@ -63,6 +63,8 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
 def _apply_to_sources(data: dict[str, Any], args: argparse.Namespace) -> None:
     if args.source:
         data["sources"] = [parse_source(s) for s in args.source]
+    elif args.remote:
+        data["sources"] = []  # only the remote streams (added by _apply_network)
     sources = data.get("sources")
     if isinstance(sources, (str, int, dict)) and not isinstance(sources, bool):
         sources = [sources]
@@ -161,6 +163,8 @@ def apply_options(data: dict[str, Any], args: argparse.Namespace, where: str) ->
             model[key] = value
     if args.input_size is not None:
         model["input_size"] = None if args.input_size == "auto" else list(args.input_size)
+    if args.simulate_ms is not None:
+        model["simulate_ms"] = args.simulate_ms
     if args.side_by_side:
         _section(data, "postprocess", where)["side_by_side"] = True
     if args.stabilize:  # the config's temporal keys if it has them, else the defaults
@@ -175,7 +179,33 @@ def apply_options(data: dict[str, Any], args: argparse.Namespace, where: str) ->
         host, port = args.metrics_port
         _section(data, "metrics", where).update({"port": port, **({"host": host} if host else {})})
     _apply_to_outputs(data, args, where)
+    _apply_network(data, args, where)
     return data
+
+
+def _apply_network(data: dict[str, Any], args: argparse.Namespace, where: str) -> None:
+    """--workers, --ingest, --remote and the CURVE options (for every endpoint the hub binds)."""
+    if args.remote:
+        remote = [{"id": r, "uri": f"remote:{r}", "kind": "external"} for r in args.remote]
+        if args.mode:
+            remote = [{**r, "mode": args.mode} for r in remote]
+        data["sources"] = ([] if args.source is None else data.get("sources", [])) + remote
+    if args.workers is not None:
+        _section(data, "workers", where)["endpoint"] = args.workers
+    if args.local_worker:
+        _section(data, "workers", where)["local_worker"] = True
+    if args.worker_wait is not None:
+        _section(data, "workers", where)["wait_s"] = args.worker_wait
+    if args.ingest is not None:
+        _section(data, "ingest", where)["endpoint"] = args.ingest
+    curve = {k: v for k, v in (("secret", args.curve_secret), ("allow", args.curve_allow),
+                               ("insecure", args.insecure or None)) if v is not None}  # fmt: skip
+    if curve:
+        for section in [data.get(k) for k in ("workers", "ingest")] + [
+            data.get("outputs", {}).get("zmq") if isinstance(data.get("outputs"), dict) else None
+        ]:
+            if isinstance(section, dict):
+                section["curve"] = {**(section.get("curve") or {}), **curve}
 
 
 def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
@@ -188,9 +218,12 @@ def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
         )
     data["sources"] = [{"id": "demo", "uri": DEMO_CLIP}]
     if not any((args.save_depth, args.save_video, args.publish, args.display)) and not (
-        args.foxglove or args.record  # the demo in the Foxglove app only, or only recorded
-        or args.rerun or args.rerun_connect
-        or args.save_points or args.save_depth_video
+        args.foxglove
+        or args.record  # the demo in the Foxglove app only, or only recorded
+        or args.rerun
+        or args.rerun_connect
+        or args.save_points
+        or args.save_depth_video
     ):
         args.save_depth = os.path.join(DEMO_OUTPUT, "depth")
         args.save_video = os.path.join(DEMO_OUTPUT, "depth.mp4")
@@ -200,7 +233,7 @@ def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Config file (or the demo) + command-line options -> validated pipeline Config."""
-    demo = not args.source and not args.config
+    demo = not args.source and not args.config and not args.remote
     path = config_path(args.config) if args.config else DEFAULT_CONFIG
     if not os.path.isfile(path):
         raise CliError(f"config file not found: {path} (named configs: "

@@ -80,6 +80,14 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _tcp_endpoint(text: str) -> str:
+    if not re.fullmatch(r"tcp://[^\s]+:\d{1,5}", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not tcp://ADDR:PORT (e.g. tcp://0.0.0.0:5560)"
+        )
+    return text
+
+
 def _host_port(text: str) -> tuple[str | None, int]:
     """`PORT`, `HOST:PORT` or `[IPv6]:PORT` -> (host or None, port 0..65535; 0: any free port)."""
     m = re.fullmatch(r"(?:\[([0-9A-Fa-f:.]+)\]:|([^:\s\[\]]+):)?(\d{1,5})", text.strip())
@@ -111,7 +119,10 @@ def _mcap_path(text: str) -> str:
 
 
 def _backend(text: str) -> str:
-    """The backend's one name (onnx -> onnxruntime); an unknown one is refused while parsing."""
+    """The backend's one name (onnx -> onnxruntime); an unknown one is refused while parsing.
+    `simulate` is the pipeline's load-test engine (pipeline.simulate), not a model backend."""
+    if text == "simulate":
+        return text
     from glpn.backends import canonical_name  # the one place that knows the names and aliases
 
     try:
@@ -145,8 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
             "the demo's). Every key is explained in configs/default.yaml; paths of sources and "
             "checkpoints in a file are relative to the file"))),
         ("--backend", dict(type=_backend, help=(
-            "inference backend: auto, eager, compile, onnx (onnxruntime), tensorrt "
-            "[model.backend]"))),
+            "inference backend: auto, eager, compile, onnx (onnxruntime), tensorrt, or "
+            "simulate: no model, a synthetic depth after --simulate-ms per batch, to size a "
+            "deployment (never picked by auto) [model.backend]"))),
+        ("--simulate-ms", dict(type=_seconds, metavar="MS", help=(
+            "delay of one batch with --backend simulate (default 40) [model.simulate_ms]"))),
         ("--precision", dict(choices=("auto", "fp32", "bf16", "fp16"), help=(
             "numeric precision [model.precision]"))),
         ("--device", dict(help="auto, cpu, cuda or cuda:N [model.device]")),
@@ -219,6 +233,31 @@ def build_parser() -> argparse.ArgumentParser:
             "show the depth in a window (q or Esc stops) [outputs.window]"))),
         ("--max-frames", dict(type=_positive_int, metavar="N", help=(
             "stop each source after N frames [sources[*].max_frames]"))),
+        ("--workers", dict(type=_tcp_endpoint, metavar="tcp://ADDR:PORT", help=(
+            "run inference on worker processes (`depthstream worker --hub tcp://HOST:PORT` on "
+            "any host): bind this endpoint and hand batches to whichever worker has credit; "
+            "the hub then needs no checkpoint [workers.endpoint]"))),
+        ("--local-worker", dict(action="store_true", help=(
+            "with --workers: also run the configured model here as one more worker "
+            "[workers.local_worker]"))),
+        ("--worker-wait", dict(type=_seconds, metavar="SEC", help=(
+            "with --workers: fail (exit 3) when no worker was connected for SEC seconds while "
+            "frames wait; default: wait [workers.wait_s]"))),
+        ("--ingest", dict(type=_tcp_endpoint, metavar="tcp://ADDR:PORT", help=(
+            "bind this endpoint for cameras on other hosts (`depthstream capture --hub "
+            "tcp://HOST:PORT`); their streams are --remote ID [ingest.endpoint]"))),
+        ("--remote", dict(action="append", metavar="ID", help=(
+            "a stream fed from another host through --ingest (repeatable); with --mode "
+            "[sources[*].kind: external]"))),
+        ("--curve-secret", dict(metavar="FILE", help=(
+            "this process's CURVE key pair (NAME.key_secret, from `depthstream keys`): every tcp "
+            "endpoint it binds (--workers, --ingest, --publish) then takes only peers whose "
+            "public key is in --curve-allow [workers/ingest/outputs.zmq .curve.secret]"))),
+        ("--curve-allow", dict(metavar="DIR", help=(
+            "directory of the public keys (*.key) allowed to connect [... .curve.allow]"))),
+        ("--insecure", dict(action="store_true", help=(
+            "allow endpoints on non-loopback addresses without CURVE keys: anyone who can "
+            "reach them can send and receive frames [... .curve.insecure]"))),
         ("--log-level", dict(default="info", choices=("debug", "info", "warning", "error"), help=(
             "logging detail (default info); debug also prints tracebacks"))),
         ("--metrics-interval", dict(type=_seconds, metavar="SEC", help=(
