@@ -27,7 +27,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from .errors import ConfigError, EndpointError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class Keys:
     server: bytes = b""  # client side: the server's public key (z85)
 
 
-class CurveError(EndpointError):
+class CurveError(ConfigError):
     """A key file is missing or unreadable, or an endpoint would be open to the network."""
 
 
