@@ -1,12 +1,17 @@
-"""Point-cloud cost per frame: what postprocess adds when point clouds are on.
+"""Point-cloud cost per frame: what postprocess and the point-cloud sinks add when clouds are on.
 
 At 480x640 (VGA depth), for stride 1, 2 and 4, with and without colour, times
 pipeline.geometry.backproject (+ point_colours), the same calls PostprocessStage makes, on a
-depth map with ~2% invalid pixels; and the PLY sink's encoding (ply_bytes) of that cloud. The
-ray grid is cached per camera and stride, as in a run (the first call, which builds it, is not
-timed). Prints a table; writes benchmarks/results/points_<date>_<host>.json (or --out).
+depth map with ~2% invalid pixels (the masked path) and, at stride 1, on one valid everywhere (what
+the model delivers: no pixel to leave out); then, per cloud, the PLY sink's encoding (ply_bytes),
+its whole write (PlySink.write: encode + a new file, in --dir) and the recording's PointCloud2
+(ros_msgs.point_cloud). The ray grid is cached per camera and stride, as in a run (the first call,
+which builds it, is not timed). The allocator is tuned as the program does
+(glpn.hardware.tune_cpu_allocator): untuned, each fresh multi-MB array page-faults in again and
+the stride-1 cloud takes ~4x as long. Prints a table; writes
+benchmarks/results/points_<date>_<host>.json (or --out).
 
-    python benchmarks/bench_points.py [--repeats 200] [--out FILE]
+    python benchmarks/bench_points.py [--repeats 200] [--dir DIR] [--out FILE]
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ import json
 import os
 import socket
 import statistics
+import tempfile
 import time
 
 import numpy as np
 
-from glpn.hardware import cpu_features
+from glpn.hardware import cpu_features, tune_cpu_allocator
 from glpn.testing import machine_info
+from pipeline import ros_msgs
+from pipeline.config import PointsSinkConfig
 from pipeline.geometry import Intrinsics, backproject, point_colours
-from pipeline.ply import ply_bytes
+from pipeline.ply import PlySink, ply_bytes
+from pipeline.results import DepthResult
 
 H, W = 480, 640
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -43,37 +52,54 @@ def timed(fn, repeats: int) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=200)
+    p.add_argument("--dir", default=None, help="where the PLY files go (default: a temp folder)")
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/...)")
     args = p.parse_args()
+    tune_cpu_allocator()  # as the program does, before anything allocates
 
     rng = np.random.default_rng(0)
-    depth = rng.uniform(0.5, 10.0, (H, W)).astype(np.float32)
-    depth[rng.random((H, W)) < 0.02] = np.nan  # some invalid pixels: the masked path
+    valid = rng.uniform(0.5, 10.0, (H, W)).astype(np.float32)
+    masked = valid.copy()
+    masked[rng.random((H, W)) < 0.02] = np.nan  # some invalid pixels: the masked path
     image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     cam = Intrinsics.from_hfov(60.0, W, H)
+    cases = [(depth, name, stride) for stride in (1, 2, 4)
+             for depth, name in ((masked, "2% invalid"), (valid, "valid"))
+             if stride == 1 or name != "valid"]  # fmt: skip
+    few = max(20, args.repeats // 4)  # file writes: fewer (each leaves a file behind)
 
     rows = []
-    for stride in (1, 2, 4):
-        for colour in (False, True):
-            def cloud(stride=stride, colour=colour):
-                pts, idx = backproject(depth, cam, stride=stride)
-                rgb = point_colours(image, idx, (H, W)) if colour else None
-                return pts, rgb
+    with tempfile.TemporaryDirectory(prefix="bench-points-", dir=args.dir) as folder:
+        sink = PlySink(PointsSinkConfig(folder, layout="flat"))
+        for depth, name, stride in cases:
+            for colour in (False, True):
 
-            pts, rgb = cloud()
-            t = timed(cloud, args.repeats)
-            ply = timed(lambda pts=pts, rgb=rgb: ply_bytes(pts, rgb), max(20, args.repeats // 4))
-            rows.append({"stride": stride, "colour": colour, "points": len(pts),
-                         "cloud_ms": t, "ply_encode_ms": ply})  # fmt: skip
+                def cloud(depth=depth, stride=stride, colour=colour):
+                    pts, idx = backproject(depth, cam, stride=stride)
+                    rgb = point_colours(image, idx, (H, W)) if colour else None
+                    return pts, rgb
+
+                pts, rgb = cloud()
+                header = {"stream": "s", "index": 0, "t_wall": time.time()}
+                result = DepthResult(header, depth, None, pts, rgb)
+                rows.append({
+                    "stride": stride, "depth": name, "colour": colour, "points": len(pts),
+                    "cloud_ms": timed(cloud, args.repeats),
+                    "ply_encode_ms": timed(lambda r=result: ply_bytes(r.points, r.points_rgb), few),
+                    "ply_write_ms": timed(lambda r=result: sink.write(r), few),
+                    "pointcloud2_ms": timed(lambda r=result: ros_msgs.point_cloud(r), few),
+                })  # fmt: skip
 
     print(f"point cloud per {H}x{W} frame ({cpu_features().summary()}, "
-          f"median / p95 ms over {args.repeats})")  # fmt: skip
-    print(f"{'stride':>6} {'colour':>6} {'points':>8} {'cloud ms':>15} {'PLY encode ms':>15}")
+          f"median / p95 ms over {args.repeats}, files {few})")  # fmt: skip
+    print(f"{'stride':>6} {'depth':>10} {'colour':>6} {'points':>7} {'cloud ms':>15} "
+          f"{'PLY encode ms':>15} {'PLY write ms':>15} {'PointCloud2 ms':>15}")  # fmt: skip
     for r in rows:
-        c, e = r["cloud_ms"], r["ply_encode_ms"]
-        print(f"{r['stride']:>6} {str(r['colour']):>6} {r['points']:>8} "
-              f"{c['median_ms']:>7.2f} / {c['p95_ms']:<5.2f} "
-              f"{e['median_ms']:>7.2f} / {e['p95_ms']:<5.2f}")  # fmt: skip
+        cells = [r[k] for k in ("cloud_ms", "ply_encode_ms", "ply_write_ms", "pointcloud2_ms")]
+        print(
+            f"{r['stride']:>6} {r['depth']:>10} {str(r['colour']):>6} {r['points']:>7} "
+            + " ".join(f"{c['median_ms']:>7.2f} / {c['p95_ms']:<5.2f}" for c in cells)
+        )
 
     out = args.out or os.path.join(
         RESULTS, f"points_{time.strftime('%Y%m%d-%H%M%S')}_{socket.gethostname()}.json"

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import messages
+from . import curve, messages
 from .connection import Connection, sooner
 from .errors import MessageError
 from .receiver import NewestReceiver
@@ -80,6 +80,12 @@ class DepthSubscriber:
     has arrived yet when the others have ended is not waited for.
     `wait_connected` tells when the connection is made (frames published before are not received;
     a pipeline with `outputs.zmq.wait_subscribers` waits for its subscribers instead).
+
+    CURVE: a publisher with `outputs.zmq.curve` keys takes only subscribers whose public key it
+    allows. Pass this subscriber's key pair and the publisher's public key as files,
+    `curve_secret="me.key_secret", curve_server="hub.key"` (made by `depthstream keys`), or as
+    `keys=curve.Keys(...)`. A refused handshake is logged once and sets `refused` (why); the
+    subscriber keeps trying now and then, in case the publisher is restarted with other keys.
     """
 
     def __init__(
@@ -92,7 +98,14 @@ class DepthSubscriber:
         until_end: bool = False,
         max_bytes: int = messages.DEFAULT_MAX_BYTES,
         context: zmq.Context | None = None,
+        curve_secret: str = "",
+        curve_server: str = "",
+        keys: curve.Keys | None = None,
     ) -> None:
+        if keys is None:  # CurveError (a ConfigError) naming a missing or unreadable key file
+            config = curve.CurveConfig(secret=curve_secret, server=curve_server)
+            keys = curve.file_keys(config, server=False)
+        self.keys = keys  # CURVE client keys (None: none)
         self.endpoint = endpoint
         self.newest_only = newest_only
         self.timeout = timeout  # iteration ends when nothing arrives for this long (None: never)
@@ -127,6 +140,7 @@ class DepthSubscriber:
         sock.setsockopt(zmq.MAXMSGSIZE, max(self.max_bytes, messages.MAX_HEADER_BYTES))
         for t in self._topics:
             sock.setsockopt(zmq.SUBSCRIBE, t)
+        curve.client(sock, self.keys)
         conn = Connection(sock, self.endpoint)
         try:
             sock.connect(self.endpoint)
@@ -157,6 +171,13 @@ class DepthSubscriber:
         return conn.reconnects if conn is not None else 0
 
     @property
+    def refused(self) -> str | None:
+        """Why the publisher refused this subscriber's last handshake (CURVE keys); None if it
+        did not (or a later one succeeded)."""
+        conn = self._newest.connection if self._newest else self._conn
+        return conn.refused if conn is not None else None
+
+    @property
     def finished(self) -> bool:
         """Every watched stream has ended: the `streams` given, else every stream seen so far."""
         watched = self._watched if self._watched is not None else self._seen
@@ -164,13 +185,14 @@ class DepthSubscriber:
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until the connection to the publisher is made (its handshake done); False if not
-        within `timeout` s. A publisher sends a subscriber only what it publishes after that (once
-        the subscription has crossed the connection too: a network round trip later)."""
+        within `timeout` s, or once the publisher refused it (`refused`: CURVE keys). A publisher
+        sends a subscriber only what it publishes after that (once the subscription has crossed
+        the connection too: a network round trip later)."""
         if self._newest is not None:
-            return self._newest.connection.connected.wait(timeout)
+            return self._newest.connection.wait_handshake(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         conn = self._conn
-        while not conn.connected.is_set():
+        while not conn.connected.is_set() and conn.refused is None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             if left == 0.0:
                 break

@@ -45,6 +45,7 @@ from .config_outputs import (  # noqa: F401 (part of this module's API)
     RecordConfig,
     RerunConfig,
     VideoSinkConfig,
+    WebConfig,
     WindowSinkConfig,
     ZmqSinkConfig,
 )

@@ -15,7 +15,7 @@ SOURCE_KINDS = ("auto", "camera", "file", "url", "images", "external")
 SOURCE_MODES = ("auto", "live", "lossless")
 TRANSPORTS = ("inproc", "ipc", "tcp")
 FILE_LAYOUTS = ("per_stream", "flat")
-RECORD_IMAGES = ("none", "view")
+RECORD_IMAGES = ("none", "view", "input")  # the colourised view | the input frame
 RECORD_COMPRESSIONS = ("zstd", "lz4", "none")
 
 MAX_SOURCES = 256  # each source is a capture thread with its own sockets

@@ -104,7 +104,7 @@ class PointsSinkConfig:
 class RecordConfig:
     path: str  # one .mcap file per run, ROS 2 messages (pipeline.record_mcap); topics per stream
     points: bool = False  # also .../points (PointCloud2) when the frame has a point cloud
-    image: str = "none"  # also .../image (bgr8): none | view (the colourised view)
+    image: str = "none"  # also .../image (bgr8): none | view (colourised) | input (as captured)
     compression: str = "zstd"  # zstd (~20% smaller, ~5 ms per VGA frame) | lz4 | none
 
     def __post_init__(self) -> None:
@@ -131,10 +131,27 @@ class FoxgloveConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"  # address the live browser view binds to (loopback default)
+    port: int = 8080  # its port; 0: any free port (logged, Pipeline.endpoints["web"])
+    side_by_side: bool = False  # the input frame beside the depth (the frame travels to the sink)
+    jpeg_quality: int = 90  # JPEG quality of the picture sent to browsers (10..100)
+    max_fps: float = 30.0  # frames per second per stream sent at most (bounds the encoding work)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.host, str) and self.host.strip() == self.host != "", "host",
+                 f"{_short(self.host)} is not a host name or address")  # fmt: skip
+        _in_range(self.port, "port", 0, 65535)
+        _in_range(self.jpeg_quality, "jpeg_quality", 10, 100)
+        _require(isinstance(self.jpeg_quality, int), "jpeg_quality", "must be an integer")
+        _in_range(self.max_fps, "max_fps", MIN_FPS, MAX_FPS)
+
+
+@dataclass(frozen=True)
 class RerunConfig:
     path: str = ""  # .rrd file per run (pipeline.rerun_sink); "": none
     connect: str = ""  # live viewer, e.g. rerun+http://127.0.0.1:9876/proxy; "": none
-    image: str = "none"  # also <stream>/camera/image: none | view (the colourised view, BGR)
+    image: str = "none"  # also <stream>/camera/image (BGR): none | view | input (the frame)
 
     def __post_init__(self) -> None:
         _require(bool(self.path or self.connect), "path", "give path (.rrd), connect, or both")
@@ -160,3 +177,4 @@ class OutputsConfig:
     record: RecordConfig | None = None  # ROS 2 recording (.mcap): depth, camera_info, ...
     points: PointsSinkConfig | None = None  # per-frame point clouds, binary PLY (--save-points)
     rerun: RerunConfig | None = None  # Rerun: .rrd file and/or live viewer (--rerun)
+    web: WebConfig | None = None  # live view in a browser, served by the pipeline (--web)

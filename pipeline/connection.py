@@ -15,7 +15,20 @@ from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger(__name__)
 
-MONITOR_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+HANDSHAKE_FAILED = {  # the publisher refused us (CURVE): event -> why
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "its CURVE key is not among the publisher's allowed keys",
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "CURVE keys missing or wrong on one side "
+    "(curve_secret / curve_server here, outputs.zmq.curve there)",
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "the handshake failed",
+}
+MONITOR_EVENTS = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_CONNECT_RETRIED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 RETRY_S = (0.1, 5.0)  # first and longest wait before connecting again after a protocol error
 
 
@@ -31,15 +44,19 @@ class Connection:
     connection (it reports CONNECT_RETRIED), but not after a protocol error, which is what a
     message part over MAXMSGSIZE is: then this connects again, after RETRY_S[0] s, doubling up
     to RETRY_S[1] s while no handshake succeeds (a publisher that keeps sending such parts is
-    not hammered). The frames published meanwhile are missed (`DepthSubscriber.lost`). Used by
-    one thread only: the caller's, or the receiver thread's, which calls `handle_events` when
-    the monitor has events or `timeout_ms` has passed.
+    not hammered). The frames published meanwhile are missed (`DepthSubscriber.lost`). A
+    handshake the publisher refuses (CURVE keys) sets `refused` and is logged once; ZeroMQ does
+    not try again after one either, so this does, with the same backoff (the publisher may be
+    restarted with other keys). Used by one thread only: the caller's, or the receiver thread's,
+    which calls `handle_events` when the monitor has events or `timeout_ms` has passed.
     """
 
     def __init__(self, sock: zmq.Socket, endpoint: str) -> None:
         self.sock = sock
         self.endpoint = endpoint
         self.connected = threading.Event()
+        self.refused: str | None = None  # why the publisher refused the last handshake, if it did
+        self.changed = threading.Condition()  # notified when `connected` or `refused` is set
         self.reconnects = 0  # connections lost (each one made again)
         self.monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         self._retry_at: float | None = None  # when to connect again, if ZeroMQ does not
@@ -56,8 +73,22 @@ class Connection:
         while self.monitor.poll(0):
             event = recv_monitor_message(self.monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.connected.set()
+                with self.changed:
+                    self.connected.set()
+                    self.refused = None
+                    self.changed.notify_all()
                 self._backoff = RETRY_S[0]
+            elif event in HANDSHAKE_FAILED:
+                if self.refused is None:
+                    log.warning("%s: the publisher refused this subscriber: %s",
+                                self.endpoint, HANDSHAKE_FAILED[event])  # fmt: skip
+                with self.changed:
+                    self.refused = HANDSHAKE_FAILED[event]
+                    self.changed.notify_all()
+                self._retry_at = time.monotonic() + self._backoff  # its DISCONNECTED is no loss
+                self._backoff = min(2 * self._backoff, RETRY_S[1])
+            elif event == zmq.EVENT_DISCONNECTED and self.refused is not None:
+                pass  # after a refused handshake: never connected, nothing was lost
             elif event == zmq.EVENT_DISCONNECTED:
                 self.reconnects += 1
                 log.info(
@@ -69,7 +100,7 @@ class Connection:
                 self._retry_at = None  # ZeroMQ is on it
         if self._retry_at is not None and time.monotonic() >= self._retry_at:
             self._retry_at = None
-            if self.reconnects <= 10:
+            if self.refused is None and self.reconnects <= 10:
                 log.warning(
                     "%s: the connection was closed on a protocol error (a message part over "
                     "max_bytes?); connecting again",
@@ -80,6 +111,13 @@ class Connection:
             except zmq.ZMQError:
                 pass
             self.sock.connect(self.endpoint)
+
+    def wait_handshake(self, timeout: float | None) -> bool:
+        """Wait (in another thread than the one handling events) until a handshake succeeded
+        (True) or was refused (False); False after `timeout` s."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.connected.is_set() or self.refused, timeout)
+        return self.connected.is_set()
 
     def close(self) -> None:
         self.sock.disable_monitor()

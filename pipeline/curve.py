@@ -67,8 +67,12 @@ def generate(directory: str, name: str) -> tuple[str, str]:
     for path in (public, secret):
         if os.path.exists(path):
             raise CurveError(f"keys: {path} exists; not overwriting a key")
-    public, secret = zmq.auth.create_certificates(directory, name)
-    os.chmod(secret, 0o600)
+    old = os.umask(0o077)  # the secret is never readable by others, not even for a moment
+    try:
+        public, secret = zmq.auth.create_certificates(directory, name)
+    finally:
+        os.umask(old)
+    os.chmod(public, 0o644 & ~old)
     return public, secret
 
 
@@ -145,7 +149,7 @@ def check_exposure(endpoint: str, keys: Keys | None, insecure: bool, what: str) 
         raise CurveError(
             f"{what}: {endpoint} is reachable from the network but has no CURVE keys; pass "
             "--curve-secret and --curve-allow/--curve-server (see `depthstream keys`), or "
-            "insecure: true to allow anyone"
+            "--insecure (insecure: true in the config) to allow anyone"
         )
 
 

@@ -24,7 +24,8 @@ DEMO_SEED = 2
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """A zero-argument engine factory: `spec()` -> glpn.engine.Engine."""
+    """A zero-argument engine factory: `spec()` -> glpn.engine.Engine (or, for backend
+    simulate, pipeline.simulate.SimulatedEngine)."""
 
     model: ModelConfig  # checkpoint, backend, precision, device
     input_size: tuple[int, int] | None  # fixed model input (backends compile for it); None: any
@@ -37,7 +38,10 @@ class EngineSpec:
     def from_config(cls, config: Config, *, random_weights: bool = False) -> EngineSpec:
         """The engine config.model asks for; ConfigError without a checkpoint (unless random)."""
         model = config.model
-        if not random_weights and not model.checkpoint:
+        # The load-test engine needs no checkpoint; nor does a hub whose workers run the model.
+        simulate = model.backend == "simulate"
+        workers_only = config.workers is not None and not config.workers.local_worker
+        if not random_weights and not simulate and not workers_only and not model.checkpoint:
             raise ConfigError("config: model.checkpoint is required (or pass engine_factory)")
         # A fixed input size lets backends compile for it; only when every stream uses the same one.
         sizes = {s.input_size or model.input_size for s in config.sources}
@@ -46,6 +50,10 @@ class EngineSpec:
         return cls(model, input_size, batch_sizes, random_weights)
 
     def __call__(self) -> Engine:
+        if self.model.backend == "simulate":  # selected only by name, never by auto
+            from .simulate import SimulatedEngine
+
+            return SimulatedEngine(self.model.simulate_ms)  # type: ignore[return-value]
         # Imported here: torch is heavy, and a process that only describes a pipeline needs none.
         from glpn import engine
 

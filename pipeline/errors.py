@@ -15,6 +15,11 @@ class SourceError(PipelineError):
     """A source cannot be opened or read (file, camera, URL); the message names the source."""
 
 
+class NoWorkersError(SourceError):
+    """No inference worker connected to the hub for workers.wait_s while frames waited (exit 3,
+    like a source that gave up: nothing can be made of the input)."""
+
+
 class EndpointError(PipelineError, OSError):
     """A ZeroMQ endpoint cannot be bound (in use, bad address), or its subscribers did not come in
     time (outputs.zmq.wait_subscribers); the message names it."""

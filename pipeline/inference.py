@@ -129,19 +129,7 @@ class InferenceStage(Stage):
                 ended.add(stream)
 
     def _check(self, msg: messages.Message) -> None:
-        """MessageError unless the frame's pixels are an input this engine runs: (3, h, w)
-        float32, sides multiples of INPUT_DIVISOR, the engine's fixed size if it has one. An
-        engine error on a frame from a peer would end the run; a dropped frame ends nothing."""
-        pixels = msg.array("pixels", dtype="float32", ndim=3)
-        c, h, w = pixels.shape
-        fixed = getattr(self.engine, "input_size", None)
-        ok = c == 3 and h % INPUT_DIVISOR == 0 and w % INPUT_DIVISOR == 0
-        if not ok or max(h, w) > MAX_INPUT_SIDE or (fixed and (h, w) != tuple(fixed)):
-            raise MessageError(
-                f"pixels of shape {pixels.shape} are not a model input (3, h, w) with h and w "
-                f"multiples of {INPUT_DIVISOR} up to {MAX_INPUT_SIDE}"
-                + (f", {fixed[0]}x{fixed[1]} for this engine" if fixed else "")
-            )
+        check_pixels(msg, getattr(self.engine, "input_size", None))
 
     def _grant(self) -> None:
         if self.owed:
@@ -204,13 +192,45 @@ class InferenceStage(Stage):
         self.metrics.record(ms, n=n)
         self.metrics.events["batches"] += 1
         for msg, d in zip(frames, depth):
-            header = messages.stamp(msg.header, "inference", t0, t1)
-            self.metrics.record_wait(header["wait_ms"]["inference"])
-            header["batch"] = len(frames)
-            if self.max_depth:
-                header["max_depth"] = self.max_depth
-            arrays = {"depth": d}
-            if "image" in msg.arrays:
-                arrays["image"] = msg.arrays["image"]
+            out = depth_message(msg, d, t0, t1, batch=n, max_depth=self.max_depth)
+            self.metrics.record_wait(out.header["wait_ms"]["inference"])
             live = msg.header["mode"] == "live"
-            self.emit(self.out, messages.encode(header, arrays), live=live)
+            self.emit(self.out, messages.encode(out.header, out.arrays), live=live)
+
+
+def check_pixels(msg: messages.Message, fixed: tuple[int, int] | None = None) -> None:
+    """MessageError unless the frame's pixels are an input an engine runs: (3, h, w) float32,
+    sides multiples of INPUT_DIVISOR, `fixed` (the engine's input size) if given. An engine error
+    on a frame from a peer would end the run; a dropped frame ends nothing."""
+    pixels = msg.array("pixels", dtype="float32", ndim=3)
+    c, h, w = pixels.shape
+    ok = c == 3 and h % INPUT_DIVISOR == 0 and w % INPUT_DIVISOR == 0
+    if not ok or max(h, w) > MAX_INPUT_SIDE or (fixed and (h, w) != tuple(fixed)):
+        raise MessageError(
+            f"pixels of shape {pixels.shape} are not a model input (3, h, w) with h and w "
+            f"multiples of {INPUT_DIVISOR} up to {MAX_INPUT_SIDE}"
+            + (f", {fixed[0]}x{fixed[1]} for this engine" if fixed else "")
+        )
+
+
+def depth_message(
+    msg: messages.Message,
+    depth: np.ndarray,
+    t0: float,
+    t1: float,
+    *,
+    batch: int,
+    max_depth: float | None,
+) -> messages.Message:
+    """What inference sends postprocess for one frame: its header stamped with the work from t0
+    to t1 (the batch's), the batch size and the engine's max_depth if known; the depth (h, w),
+    and the source image if the frame carried one. The in-process stage and the worker pool
+    both build it here."""
+    header = messages.stamp(msg.header, "inference", t0, t1)
+    header["batch"] = batch
+    if max_depth:
+        header["max_depth"] = max_depth
+    arrays = {"depth": depth}
+    if "image" in msg.arrays:
+        arrays["image"] = msg.arrays["image"]
+    return messages.Message(header, arrays)

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from . import curve
 from .stage import Stage
 from .topology import StageSpec
 
@@ -80,6 +81,7 @@ class ThreadLauncher:
         A socket someone else made in the context and left open would block term() as well: warn
         instead of hanging.
         """
+        curve.stop_authenticator(self.context)  # its ZAP socket is in the context too
         if not terminate:
             return
         term = threading.Thread(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import zmq
 
 from . import messages
-from .config import OutputsConfig
+from .config import OutputsConfig, PostprocessConfig
 from .display import WindowSink, display_available
 from .errors import EndpointError, MessageError
 from .geometry import check_frame
@@ -39,11 +39,13 @@ class SinkStage(Stage):
         results: str | None = None,
         callback: Callable[[DepthResult], object] | None = None,
         request_stop: Callable[[str], None] = lambda reason: None,
+        postprocess: PostprocessConfig | None = None,
         hwm: int = 2,
         **kwargs,
     ) -> None:
         super().__init__("sink", **kwargs)
         self.outputs = outputs
+        self.postprocess = postprocess  # the view's colours, for the web view's colour bar
         self.streams = list(streams)
         self.input = input  # bound here
         self.results_endpoint = results  # bound here when Python code iterates over results
@@ -65,6 +67,7 @@ class SinkStage(Stage):
         if out.zmq is not None:
             pub = self.socket(zmq.XPUB, hwm=out.zmq.hwm, max_part_bytes=MAX_SUBSCRIPTION_BYTES)
             pub.setsockopt(zmq.XPUB_VERBOSER, 1)  # subscriptions are counted (PublishSink)
+            PublishSink.secure(pub, out.zmq)  # CURVE keys, or a refusal of an open endpoint
             try:
                 pub.bind(out.zmq.endpoint)
             except zmq.ZMQError as e:
@@ -105,6 +108,12 @@ class SinkStage(Stage):
             from .rerun_sink import RerunSink
 
             self.sinks.append(RerunSink(out.rerun, gauges=self.metrics.gauges))
+        if out.web is not None:  # imports websockets only when asked for
+            from .web_sink import WebSink
+
+            web = WebSink(out.web, self.streams, self.postprocess, gauges=self.metrics.gauges)
+            self.sinks.append(web)
+            self.bound["web"] = web.url  # http://HOST:PORT/, the port bound (config's may be 0)
         if self.callback is not None:
             self.sinks.append(CallbackSink(self.callback))
 

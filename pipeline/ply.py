@@ -32,26 +32,32 @@ from .sinks import Sink
 XYZ = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
 XYZRGB = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
                    ("red", "u1"), ("green", "u1"), ("blue", "u1")])  # fmt: skip
+_V12, _V3 = np.dtype((np.void, 12)), np.dtype((np.void, 3))  # a vertex's x y z, red green blue
+_XYZ_RGB = np.dtype([("xyz", _V12), ("rgb", _V3)])  # XYZRGB's bytes, copied as two blocks
 
 
 def ply_bytes(
     points: np.ndarray, rgb: np.ndarray | None = None, comments: Sequence[str] = ()
-) -> bytes:
-    """(N, 3) float32 points (and (N, 3) uint8 RGB) -> a binary little-endian PLY file."""
+) -> memoryview:
+    """(N, 3) float32 points (and (N, 3) uint8 RGB) -> a binary little-endian PLY file. The body is
+    copied once, straight into the file's buffer (one write, no concatenation)."""
     dtype = XYZ if rgb is None else XYZRGB
     head = ["ply", "format binary_little_endian 1.0"]
     head += [f"comment {' '.join(c.split())}" for c in comments]  # one line each
     head.append(f"element vertex {len(points)}")
     head += [f"property {'float' if dtype[n] == np.float32 else 'uchar'} {n}" for n in dtype.names]
     head.append("end_header")
+    text = ("\n".join(head) + "\n").encode("ascii")
+    data = np.empty(len(text) + len(points) * dtype.itemsize, np.uint8)
+    data[: len(text)] = np.frombuffer(text, np.uint8)
+    xyz = np.ascontiguousarray(points, dtype="<f4").reshape(len(points), 3).view(_V12)
     if rgb is None:
-        body = np.ascontiguousarray(points, dtype="<f4").tobytes()
-    else:
-        records = np.empty(len(points), dtype)
-        for i, n in enumerate(dtype.names):
-            records[n] = points[:, i] if i < 3 else rgb[:, i - 3]
-        body = records.tobytes()
-    return ("\n".join(head) + "\n").encode("ascii") + body
+        data[len(text) :].view(_V12)[:] = xyz[:, 0]
+    else:  # two fields of raw bytes: one 12-byte and one 3-byte copy per vertex
+        records = data[len(text) :].view(_XYZ_RGB)
+        records["xyz"] = xyz[:, 0]
+        records["rgb"] = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(-1, 3).view(_V3)[:, 0]
+    return memoryview(data)
 
 
 class PlySink(Sink):

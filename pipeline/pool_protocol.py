@@ -3,7 +3,8 @@ load-balancing broker with credit, and its Paranoid Pirate heartbeats both ways.
 
 Every message is multipart, a command first, then a JSON object, then raw buffers (never pickle):
 
-    worker -> hub  READY     {"v": 1, "name", "host", "pid", "device", "engine", "batch", "credit"}
+    worker -> hub  READY     {"v": 1, "name", "host", "pid", "device", "engine", "batch", "credit",
+                              "max_depth" (metres, or null)}
     hub -> worker  BATCH     {"id", "frames": [{"stream", "index"}, ...],
                               "pixels": {"dtype": "uint8" | "float32", "shape": [B, 3, h, w]}}
                              + the pixels buffer
@@ -46,7 +47,8 @@ COMMANDS = (READY, BATCH, RESULT, FAILED, HEARTBEAT, DISCONNECT)
 MAX_JSON_BYTES = 64 * 1024
 MAX_BATCH = 256
 # uint8 value -> the float32 pixel preprocess makes of it (glpn.processing: .float().mul_(1/255)).
-UINT8_TO_PIXEL = (np.arange(256, dtype=np.float32) * np.float32(1 / 255)).astype(np.float32)
+PIXEL_SCALE = np.float32(1 / 255)
+UINT8_TO_PIXEL = np.multiply(np.arange(256, dtype=np.uint8), PIXEL_SCALE, dtype=np.float32)
 _TEXT_LIMIT = 200  # characters of a name, engine description or error a peer may send
 
 
@@ -56,17 +58,23 @@ def encode(command: bytes, body: dict[str, Any] | None = None, *buffers: Any) ->
 
 
 def pack_pixels(pixels: np.ndarray) -> tuple[str, np.ndarray]:
-    """(B, 3, h, w) float32 -> ("uint8", values) when UINT8_TO_PIXEL gives back exactly these
-    floats, else ("float32", pixels)."""
-    values = np.rint(pixels * 255).clip(0, 255).astype(np.uint8)
-    if np.array_equal(UINT8_TO_PIXEL[values], pixels):
+    """(B, 3, h, w) float32 -> ("uint8", values) when unpack_pixels gives back exactly these
+    floats, else ("float32", pixels). Two multiplies, a cast and a compare: ~3.5 ms at 480x640."""
+    scaled = np.multiply(pixels, np.float32(255), dtype=np.float32)
+    np.clip(scaled, 0, 255, out=scaled)
+    scaled += np.float32(0.5)
+    values = scaled.astype(np.uint8)  # truncation of x + 0.5: rounded to nearest
+    if np.array_equal(unpack_pixels("uint8", values), pixels):
         return "uint8", values
     return "float32", np.ascontiguousarray(pixels, dtype=np.float32)
 
 
 def unpack_pixels(dtype: str, values: np.ndarray) -> np.ndarray:
-    """The float32 pixels a BATCH carries (see pack_pixels)."""
-    return UINT8_TO_PIXEL[values] if dtype == "uint8" else values
+    """The float32 pixels a BATCH carries (see pack_pixels): uint8 * float32(1/255), as
+    glpn.processing computes them (UINT8_TO_PIXEL is the same table)."""
+    if dtype == "uint8":
+        return np.multiply(values, PIXEL_SCALE, dtype=np.float32)
+    return values
 
 
 def _text(body: dict, key: str) -> str:
@@ -81,6 +89,16 @@ def _int(body: dict, key: str, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise MessageError(f"{key!r} must be an integer in {lo}..{hi}, got {str(value)[:40]}")
     return value
+
+
+def _max_depth(value: Any) -> float | None:
+    """The engine's depth range in metres (0 < m <= 10 km), or None when it does not say (null
+    or 0)."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1e4:
+        raise MessageError(f"READY 'max_depth' must be metres in (0, 10000], got {str(value)[:40]}")
+    return float(value)
 
 
 def _shape(value: Any, ndim: int, what: str) -> tuple[int, ...]:
@@ -135,6 +153,7 @@ def decode(parts: list[Any], *, max_bytes: int) -> tuple[bytes, dict[str, Any], 
             "engine": _text(body, "engine"),
             "batch": _int(body, "batch", 1, MAX_BATCH),
             "credit": _int(body, "credit", 1, 64),
+            "max_depth": _max_depth(body.get("max_depth")),
         }
         return command, body, None
     if command in (HEARTBEAT, DISCONNECT):

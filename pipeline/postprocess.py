@@ -1,5 +1,5 @@
 """Postprocess stage: depth back to each frame's source size in metres, plus a colour view, the
-camera of the depth as delivered and, when asked for, its point cloud."""
+camera of the depth as delivered and, when asked for, its point cloud and the input frame."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from . import messages
 from .colour import colorize, side_by_side
 from .config import PointsConfig, PostprocessConfig, SourceConfig
 from .errors import MessageError
-from .geometry import Intrinsics, backproject, point_colours, source_camera
+from .geometry import Intrinsics, backproject, backproject_torch, point_colours, source_camera
 from .stage import Stage
 from .temporal import TemporalFilter
 
@@ -31,6 +31,8 @@ class PostprocessStage(Stage):
         output: str,
         sources: Sequence[SourceConfig] = (),
         points: PointsConfig | None = None,
+        forward_image: bool = False,
+        device: str = "cpu",
         hwm: int = 2,
         **kwargs,
     ) -> None:
@@ -40,6 +42,9 @@ class PostprocessStage(Stage):
         self.make_view = make_view  # some sink wants the colourised view
         self.sources = {s.id: s for s in sources}  # each stream's camera and frame id
         self.points = points  # point clouds to compute (Config.points_config()); None: none
+        self.forward_image = forward_image  # pass the input frame on (an output records it)
+        self.device = device  # model.device: clouds are computed on it when it is a GPU
+        self._points_device: str | None = None  # the torch device of the clouds; None: numpy
         self.input = input  # bound here
         self.output = output  # sink input (connect)
         self.hwm = hwm
@@ -48,6 +53,7 @@ class PostprocessStage(Stage):
         self._temporal: dict[str, TemporalFilter] = {}  # config.temporal's state per stream
 
     def setup(self) -> None:
+        self._points_device = self._torch_device() if self.points else None
         self.inp = self.socket(zmq.PULL, bind=self.input, hwm=self.hwm, role="input")
         self.out = self.socket(zmq.PUSH, connect=self.output, hwm=self.hwm)
 
@@ -87,6 +93,8 @@ class PostprocessStage(Stage):
         cloud = self._points(msg, depth, camera) if self.points and camera else None
         if cloud:
             arrays.update(cloud)
+        if self.forward_image:  # as received: shares the message's memory, no copy
+            arrays["image"] = self._image(msg)
         t1 = time.monotonic()
         self.metrics.record((t1 - t0) * 1000)
         header = messages.stamp(msg.header, "postprocess", t0, t1)
@@ -104,6 +112,20 @@ class PostprocessStage(Stage):
             header["points"] = {"stride": self.points.stride, "count": count,
                                 "colour": self.points.colour}  # fmt: skip
         return header, arrays
+
+    def _torch_device(self) -> str | None:
+        """The model's device when it resolves to a GPU (point clouds are computed there, where
+        inference is); None: numpy on the CPU, also when this process has no GPU (remote
+        workers have it)."""
+        if self.device == "cpu":
+            return None
+        from glpn.planning import EngineError, resolve_device  # imports torch
+
+        try:
+            device = resolve_device(self.device)
+        except EngineError:
+            return None
+        return str(device) if device.type == "cuda" else None
 
     def _stabiliser(self, stream: str) -> TemporalFilter:
         if stream not in self._temporal:
@@ -135,7 +157,12 @@ class PostprocessStage(Stage):
         """"points" (N, 3) float32 and, with colour, "points_rgb" (N, 3) uint8; {} when no pixel
         has a valid depth (a message cannot carry an empty array: header["points"]["count"])."""
         cfg = self.points
-        points, index = backproject(depth, camera, stride=cfg.stride, max_range=cfg.max_range_m)
+        if self._points_device is None:
+            points, index = backproject(depth, camera, stride=cfg.stride, max_range=cfg.max_range_m)
+        else:
+            points, index = backproject_torch(depth, camera, stride=cfg.stride,
+                                              max_range=cfg.max_range_m,
+                                              device=self._points_device)  # fmt: skip
         if len(points) == 0:
             return {}
         cloud = {"points": points}

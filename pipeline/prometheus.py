@@ -14,6 +14,10 @@ the summary do. Names follow Prometheus' conventions (base unit seconds, counter
     depthstream_frames_captured_total{stream}, depthstream_frames_delivered_total{stream}
     depthstream_stage_<gauge>{stage}                 levels the stages keep (subscribers, ...)
     depthstream_engine_info{backend,precision,device} 1, depthstream_startup_seconds
+    depthstream_worker_{frames,batches,failures}_total{worker}   inference workers (--workers)
+    depthstream_worker_state{worker,state} 1 for its state (ready, busy, lost, left), else 0
+    depthstream_worker_in_flight{worker}             batches sent to it, not yet answered
+    depthstream_worker_latency_seconds{worker,quantile}  batch sent -> result (0.5, 0.95, 1)
 
 The quantiles are gauges, not a histogram: the stages keep their latencies as percentiles over
 their last `metrics.window` items (as a client_golang summary keeps a sliding window), and no
@@ -143,6 +147,7 @@ class PipelineCollector:
             delivered.add_metric([stream], n)
         yield delivered
 
+        yield from _worker_families(stages.get("inference", {}).get("workers", []))
         engine = self._engine_labels(by_name.get("inference"))
         if engine is not None:
             yield InfoMetricFamily("depthstream_engine", "The inference engine.", value=engine)
@@ -160,6 +165,43 @@ class PipelineCollector:
                 key: str(getattr(engine, key, "")) for key in ("backend", "precision", "device")
             }
         return self._engine
+
+
+def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
+    """Per-worker metrics of the worker pool (Summary.workers rows), labelled by worker name."""
+    if not workers:
+        return
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    from .pool_workers import STATES
+
+    counts = {
+        key: CounterMetricFamily(f"depthstream_worker_{key}", doc, labels=["worker"])
+        for key, doc in (
+            ("frames", "Frames the worker returned depth for."),
+            ("batches", "Batches the worker returned depth for."),
+            ("failures", "Batches the worker answered FAILED (redone elsewhere once)."),
+        )
+    }
+    state = GaugeMetricFamily(
+        "depthstream_worker_state", "1 for the worker's state, else 0.", labels=["worker", "state"]
+    )
+    in_flight = GaugeMetricFamily(
+        "depthstream_worker_in_flight", "Batches sent to the worker, not yet answered.",
+        labels=["worker"],
+    )  # fmt: skip
+    latency = GaugeMetricFamily(
+        "depthstream_worker_latency_seconds", "Batch sent -> result, last batches of the worker.",
+        labels=["worker", "quantile"],
+    )  # fmt: skip
+    for w in workers:
+        for key, family in counts.items():
+            family.add_metric([w["name"]], w[key])
+        for s in STATES:
+            state.add_metric([w["name"], s], int(w["state"] == s))
+        in_flight.add_metric([w["name"]], w["in_flight"])
+        _quantiles(latency, [w["name"]], w["latency_ms"])
+    yield from (*counts.values(), state, in_flight, latency)
 
 
 def _quantiles(family: Any, labels: list[str], ms: dict[str, float]) -> None:

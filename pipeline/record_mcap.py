@@ -5,7 +5,8 @@ Per stream (see pipeline.ros_msgs for the messages):
     /depthstream/<stream>/depth        sensor_msgs/msg/Image, 32FC1, metres, invalid = NaN
     /depthstream/<stream>/camera_info  sensor_msgs/msg/CameraInfo, when the intrinsics are known
     /depthstream/<stream>/points       sensor_msgs/msg/PointCloud2 (outputs.record.points)
-    /depthstream/<stream>/image        sensor_msgs/msg/Image, bgr8 (outputs.record.image)
+    /depthstream/<stream>/image        sensor_msgs/msg/Image, bgr8 (outputs.record.image): the
+                                       colourised view (view) or the input frame (input)
 
 Schemas are "ros2msg" definitions, messages CDR, profile "ros2": Foxglove opens the file and
 `ros2 bag play` replays it. Every message of a frame has the frame's capture wall-clock time
@@ -93,8 +94,11 @@ class RecordSink(Sink):
                       missing="the frames carry no point cloud (intrinsics and "
                       "postprocess.points needed)")  # fmt: skip
         if self.config.image == "view":
-            self._put(result, "image", ros_msgs.view_image(result), t,
+            self._put(result, "image", ros_msgs.bgr_image(result, result.view), t,
                       missing="the frames carry no colourised view (postprocess.view)")  # fmt: skip
+        elif self.config.image == "input":
+            self._put(result, "image", ros_msgs.bgr_image(result, result.image), t,
+                      missing="the frames carry no input frame")  # fmt: skip
 
     def _put(self, result: DepthResult, kind: str, message: dict | None, t: int,
              missing: str = "") -> None:  # fmt: skip

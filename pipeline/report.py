@@ -21,6 +21,9 @@ def stage_metrics(topology: Topology, stages: Mapping[str, Any]) -> dict[str, di
     for name, snap in snaps.items():
         sent = sum(snaps[u]["sent"] for u in topology.upstream(name) if u in snaps)
         snap["queue"] = max(0, sent - snap["received"]) + snap["backlog"]
+        workers = getattr(stages[name], "workers_snapshot", None)  # the worker pool's
+        if workers is not None:
+            snap["workers"] = workers()
     return snaps
 
 
@@ -39,6 +42,12 @@ def status_line(metrics: Mapping[str, dict[str, Any]]) -> str:
         if s["malformed"]:
             item += f" bad {s['malformed']}"
         parts.append(item)
+        if s.get("gauges", {}).get("waiting_for_workers"):
+            parts.append("waiting for workers (none connected)")
+        for w in s.get("workers", []):
+            if w["state"] in ("ready", "busy"):
+                parts.append(f"{w['name']} {w['state']} {w['frames']}f "
+                             f"p95 {w['latency_ms']['p95']:.0f}ms")  # fmt: skip
     return " | ".join(parts)
 
 

@@ -8,7 +8,8 @@ header["t_wall"], the capture wall-clock time):
     <stream>/camera        Pinhole (header["camera"], the depth's own size; camera_xyz RDF = REP-103
                            optical: x right, y down, z forward); logged when it changes
     <stream>/camera/depth  DepthImage, float32 metres (meter = 1.0), NaN = no depth
-    <stream>/camera/image  Image, BGR: the colourised view (outputs.rerun.image: view)
+    <stream>/camera/image  Image, BGR (outputs.rerun.image): the colourised view (view) or the
+                           input frame as captured (input; at the source size)
 
 Rerun puts pixel centres at +0.5 (an image spans 0..W), OpenCV and ROS at integers (-0.5..W-0.5),
 so the principal point is logged as (cx + 0.5, cy + 0.5).
@@ -91,8 +92,9 @@ class _Logger:
             ))  # fmt: skip
             self._cameras[stream] = camera
         rec.log(f"{stream}/camera/depth", rr.DepthImage(result.depth, meter=1.0))
-        if self.image == "view" and result.view is not None:
-            rec.log(f"{stream}/camera/image", rr.Image(result.view, color_model="BGR"))
+        image = {"view": result.view, "input": result.image}.get(self.image)
+        if image is not None:
+            rec.log(f"{stream}/camera/image", rr.Image(image, color_model="BGR"))
         self.frames += 1
 
 

@@ -17,6 +17,9 @@ class DepthResult:
     view: np.ndarray | None = None  # colourised view, BGR uint8, when the pipeline makes one
     points: np.ndarray | None = None  # (N, 3) float32 x, y, z metres (optical frame), if computed
     points_rgb: np.ndarray | None = None  # (N, 3) uint8 RGB of each point, with colour
+    # the input frame as captured, BGR uint8 (H, W, 3) at the source size, only when an output
+    # records it (outputs.record / outputs.rerun image: input); not in arrays()
+    image: np.ndarray | None = None
 
     @classmethod
     def from_message(cls, msg: Message) -> DepthResult:
@@ -25,7 +28,7 @@ class DepthResult:
         if points is None and isinstance(cloud, dict) and cloud.get("count") == 0:
             points = np.empty((0, 3), np.float32)  # no valid pixel: a message has no empty arrays
             rgb = np.empty((0, 3), np.uint8) if cloud.get("colour") else None
-        return cls(msg.header, a["depth"], a.get("view"), points, rgb)
+        return cls(msg.header, a["depth"], a.get("view"), points, rgb, a.get("image"))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Its arrays by message name (depth, view, points, points_rgb), those it has."""

@@ -130,10 +130,9 @@ def depth_image(result: DepthResult) -> dict[str, Any]:
     return _image(result, depth_metres(result.depth), "32FC1")
 
 
-def view_image(result: DepthResult, image: np.ndarray | None = None) -> dict[str, Any] | None:
-    """sensor_msgs/msg/Image, bgr8: `image` (a BGR uint8 (H, W, 3) frame, e.g. the input), else
-    the colourised view; None when there is neither."""
-    pixels = result.view if image is None else image
+def bgr_image(result: DepthResult, pixels: np.ndarray | None) -> dict[str, Any] | None:
+    """sensor_msgs/msg/Image, bgr8, of a BGR uint8 (H, W, 3) image of the frame (result.view, the
+    colourised view, or result.image, the input frame); None without one."""
     if pixels is None:
         return None
     return _image(result, np.asarray(pixels, dtype=np.uint8), "bgr8")
@@ -176,14 +175,16 @@ def point_cloud(result: DepthResult) -> dict[str, Any] | None:
     points = getattr(result, "points", None)
     if points is None:
         return None
-    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    points = np.ascontiguousarray(points, dtype="<f4").reshape(-1, 3)
     rgb = getattr(result, "points_rgb", None)
     names = ["x", "y", "z"] + (["rgb"] if rgb is not None else [])
-    record = np.empty(len(points), dtype=[(n, "<f4") for n in names])
-    record["x"], record["y"], record["z"] = points[:, 0], points[:, 1], points[:, 2]
-    if rgb is not None:
+    if rgb is None:
+        record = points  # x y z already: no interleaving
+    else:
+        record = np.empty(len(points), dtype=[(n, "<f4") for n in names])
+        record["x"], record["y"], record["z"] = points[:, 0], points[:, 1], points[:, 2]
         record["rgb"] = pack_rgb(np.asarray(rgb).reshape(-1, 3))
-    step = record.dtype.itemsize
+    step = 4 * len(names)
     return {
         "header": header(result),
         "height": 1,

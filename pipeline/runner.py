@@ -19,6 +19,7 @@ it runs in pipeline/launch.py, the engine in pipeline/engine_spec.py.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -32,13 +33,13 @@ import zmq
 
 from glpn.hardware import tune_cpu_allocator
 
-from . import messages
+from . import curve, messages
 from .config import Config, load_config
-from .engine_spec import EngineSpec
 from .errors import MessageError, StageError
 from .inference import EngineFactory
 from .launch import Launcher, ThreadLauncher
 from .metrics import percentiles
+from .pool import hub_engine
 from .prometheus import MetricsServer
 from .report import MetricsLog, stage_metrics, status_line
 from .results import DepthResult
@@ -73,10 +74,11 @@ class Pipeline:
         self.config = load_config(config)
         self.log_summary = log_summary  # False when the caller prints summary() itself
         # Any zero-argument callable; the default is data (an EngineSpec), so it can be pickled.
-        self.engine_factory = engine_factory or EngineSpec.from_config(self.config)
+        self.engine_factory = engine_factory or hub_engine(self.config)  # None: workers only
         self.on_result = on_result
         self.streams = self.config.stream_ids()
         self.endpoints: dict[str, str] = {}  # public name -> endpoint, once started
+        self.link_keys: curve.Keys | None = None  # tcp: client keys for our endpoints (start())
         self.topology: Topology | None = None  # built by start()
         self.stages: list[Stage] = []  # launched, in launch order
         self._by_name: dict[str, Stage] = {}
@@ -124,6 +126,7 @@ class Pipeline:
             engine_factory=self.engine_factory,
             results=self._want_results,
         )
+        self.link_keys = next((s.link_keys[1] for s in self.topology.stages if s.link_keys), None)
         try:
             if self.config.metrics.port is not None:  # first: a port in use fails before the engine
                 m = self.config.metrics
@@ -189,10 +192,8 @@ class Pipeline:
                 self._stopped_by = reason
             for ctl, stage in zip(self._controls, self.stages):
                 if not stage.done.is_set():
-                    try:
+                    with contextlib.suppress(zmq.ZMQError):  # full of earlier stop messages
                         ctl.send(STOP, zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass  # its queue is full of earlier stop messages
 
     def join(self, timeout: float | None = None) -> Summary:
         """Wait until every stage ended; StageError if one failed. Returns the final summary.
@@ -265,10 +266,8 @@ class Pipeline:
                 self._finish_quietly()
 
     def _finish_quietly(self) -> None:
-        try:
+        with contextlib.suppress(StageError):
             self.join()
-        except StageError:
-            pass
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         name = signal.Signals(signum).name
@@ -318,10 +317,10 @@ class Pipeline:
         sock.setsockopt(zmq.RCVHWM, self.config.transport.hwm)
         max_bytes = self.config.transport.max_message_bytes
         sock.setsockopt(zmq.MAXMSGSIZE, max(max_bytes, messages.MAX_HEADER_BYTES))
+        curve.client(sock, self.link_keys)  # the sink's results socket is a link like the others
         sock.connect(self.endpoints["results"])
         ended: set[str] = set()
-        completed = False
-        last = time.monotonic()
+        completed, last = False, time.monotonic()
         try:
             while len(ended) < len(self.streams):
                 # Bounded poll: also notices a pipeline that stopped or failed without an EOS.
@@ -371,8 +370,7 @@ class Pipeline:
     def summary(self) -> Summary:
         """Metrics so far (final once the pipeline ended). Its fps excludes the start-up."""
         stages = self.metrics()
-        sink = self._by_name.get("sink")
-        infer = self._by_name.get("inference")
+        sink, infer = self._by_name.get("sink"), self._by_name.get("inference")
         end = self._t_end if self._t_end is not None else time.monotonic()
         outcome = self._state if self._state != "done" else "finished"
         if self._state == "done":
@@ -394,6 +392,7 @@ class Pipeline:
             stages=stages,
             e2e_ms=e2e,
             engine=infer.description if infer else "",
+            workers=stages.get("inference", {}).get("workers", []),
             error=str(StageError(*self._failure)) if self._failure else None,
             outputs=sink.files() if sink else {},
         )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import messages
+from . import curve, framecodec, messages
 from .limits import MAX_IMAGE_SIDE, STREAM_ID
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,13 @@ class FrameSender:
     stream); `send(image)` blocks when the pipeline is behind (lossless) or drops (live);
     `close()` sends the end of the stream. With the default inproc transport, pass
     `context=pipeline.context` (inproc endpoints exist only inside their context); from another
-    process, run the pipeline with transport ipc or tcp.
+    process, run the pipeline with transport ipc, or connect to a hub's ingest endpoint
+    (`pipeline.endpoints["ingest"]`, `--ingest tcp://ADDR:PORT`), from this host or another.
+
+    encoding: how images travel (pipeline.framecodec): "raw", or "jpeg" (`jpeg_quality`), which
+    only the ingest endpoint decodes; None: jpeg to a non-loopback tcp address (another host),
+    raw otherwise. keys: CURVE client keys (curve.file_keys(..., server=False)) for a hub whose
+    ingest has them; without keys a non-loopback endpoint is refused unless `insecure`.
     """
 
     def __init__(
@@ -33,19 +39,30 @@ class FrameSender:
         mode: str = "lossless",
         hwm: int = 2,
         context: zmq.Context | None = None,
+        encoding: str | None = None,
+        jpeg_quality: int = framecodec.DEFAULT_QUALITY,
+        keys: curve.Keys | None = None,
+        insecure: bool = False,
     ) -> None:
         if mode not in messages.MODES:
             raise ValueError(f"mode must be one of {messages.MODES}, got {mode!r}")
         if not STREAM_ID.fullmatch(stream):  # the pipeline drops frames of any other stream
             raise ValueError(f"stream {stream!r} must be a source id ({STREAM_ID.pattern})")
+        self.encoding = encoding or framecodec.default_encoding(endpoint)
+        if self.encoding not in framecodec.ENCODINGS:
+            raise ValueError(f"encoding must be one of {framecodec.ENCODINGS}, got {encoding!r}")
+        self.jpeg_quality = framecodec.check_quality(jpeg_quality)
+        curve.check_exposure(endpoint, keys, insecure, "FrameSender")
         self.stream = stream
         self.mode = mode
         self.index = 0
         self.dropped = 0
+        self.bytes_sent = 0  # message bytes of the frames sent (see framecodec.message_bytes)
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._sock = self._context.socket(zmq.PUSH)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
+        curve.client(self._sock, keys)
         self._sock.connect(endpoint)
 
     def send(self, image: np.ndarray, *, position: dict[str, Any] | None = None) -> bool:
@@ -68,8 +85,10 @@ class FrameSender:
         }
         self.index += 1
         flags = zmq.NOBLOCK if self.mode == "live" else 0
+        parts = framecodec.encode(header, image, self.encoding, self.jpeg_quality)
         try:
-            messages.send(self._sock, header, {"image": image}, flags=flags)
+            self._sock.send_multipart(parts, flags=flags, copy=False)
+            self.bytes_sent += framecodec.message_bytes(parts)
             return True
         except zmq.Again:
             self.dropped += 1

@@ -22,8 +22,8 @@ import zmq
 
 from glpn.fileio import atomic_write, remove_stale_tmp
 
-from . import messages
-from .config import FilesSinkConfig
+from . import curve, messages
+from .config import FilesSinkConfig, ZmqSinkConfig
 from .results import DepthResult
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,22 @@ class PublishSink(Sink):
     after that. A subscriber to several streams counts once per stream. What a subscriber loses
     when it falls more than the high-water mark behind cannot be known here (ZeroMQ drops it
     silently, per subscriber, and sending never fails): `DepthSubscriber.lost` counts it there.
+
+    With `outputs.zmq.curve` keys the socket is a CURVE server (`secure`): only subscribers whose
+    public key is in `curve.allow` complete a handshake; any other gets nothing, and its
+    subscription never reaches the socket (it is not counted).
     """
+
+    DOMAIN = "outputs.zmq"  # ZAP domain of the publishing socket (the allowed keys are its own)
+
+    @classmethod
+    def secure(cls, sock: zmq.Socket, config: ZmqSinkConfig) -> None:
+        """Before bind: `sock` becomes a CURVE server with `config.curve`'s keys. CurveError (a
+        ConfigError) for a missing key file, or a non-loopback endpoint without keys unless
+        `curve.insecure`."""
+        keys = curve.file_keys(config.curve, server=True)
+        curve.check_exposure(config.endpoint, keys, config.curve.insecure, "outputs.zmq.endpoint")
+        curve.server(sock, keys, cls.DOMAIN)
 
     def __init__(self, sock: zmq.Socket, *, publish_view: bool) -> None:
         self.sock = sock  # XPUB, XPUB_VERBOSER set

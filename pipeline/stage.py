@@ -3,6 +3,11 @@
 Like pyzmq's devices, the constructor only records endpoints; sockets are created inside the thread.
 Every wait (for input, for room downstream, for a reconnect backoff, for pacing) is a poll that also
 watches the stage's control socket, so a stop message ends the stage promptly without polled flags.
+
+Over tcp (transport.kind tcp) every link between stages is CURVE-authenticated with the run's
+ephemeral keys (`link_keys`, made once per run by the topology): a binding socket allows only the
+run's client key, so no other process can inject into, drain or stall a stage. A socket that faces
+the network (the PUB output, the worker pool, remote cameras) passes its own keys instead.
 """
 
 from __future__ import annotations
@@ -15,13 +20,15 @@ from typing import Any
 
 import zmq
 
-from . import messages
+from . import curve, messages
 from .errors import EndpointError, MessageError
 from .metrics import StageMetrics
 
 log = logging.getLogger(__name__)
 
 STOP = b"stop"
+LINK = "link"  # Stage.socket(keys=LINK): the run's internal link keys, on tcp endpoints
+LINK_DOMAIN = "depthstream-internal"  # ZAP domain of the internal links' server sockets
 
 
 class Stopped(Exception):
@@ -40,6 +47,7 @@ class Stage:
         metrics: StageMetrics | None = None,
         linger_ms: int = 1000,
         max_message_bytes: int = messages.DEFAULT_MAX_BYTES,
+        link_keys: tuple[curve.Keys, curve.Keys] | None = None,
     ) -> None:
         self.name = name
         self.context = context
@@ -47,6 +55,7 @@ class Stage:
         self.metrics = metrics or StageMetrics(name)
         self.linger_ms = linger_ms  # on a normal end, unsent messages may delay closing this long
         self.max_message_bytes = max_message_bytes
+        self.link_keys = link_keys  # (server, client) CURVE keys of the run's tcp links; None: off
         self.bound: dict[str, str] = {}  # role -> endpoint actually bound (tcp ports resolved)
         self.error: BaseException | None = None  # what ended the stage, if it failed
         self.outcome = "running"  # -> "finished" (all streams ended) | "stopped" | "failed"
@@ -129,8 +138,15 @@ class Stage:
         hwm: int | None = None,
         role: str = "",
         max_part_bytes: int | None = None,
+        keys: curve.Keys | str | None = LINK,
+        domain: str = LINK_DOMAIN,
     ) -> zmq.Socket:
         """A socket of this stage, closed when the stage ends.
+
+        keys: LINK (default): a tcp bind is a CURVE server allowing only the run's client key, a
+        tcp connect its client (when the run has `link_keys`); other endpoints get none. Keys:
+        this socket's own (server keys with `allow`, under ZAP `domain`, or client keys with
+        `server`), applied whatever the endpoint; None: no CURVE.
 
         Every socket refuses message parts larger than `max_part_bytes` (default: the largest a
         valid message may have, `max_message_bytes`) before they are received whole: ZeroMQ's
@@ -147,15 +163,23 @@ class Stage:
         if hwm is not None:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
+        connects = [] if connect is None else [connect] if isinstance(connect, str) else connect
+        if isinstance(keys, str):  # LINK: the run's keys, on tcp (inproc/ipc: no network)
+            tcp = any(e.startswith("tcp://") for e in [bind or "", *connects])
+            server, client = self.link_keys if tcp and self.link_keys else (None, None)
+            keys = server if bind is not None else client
+        if bind is not None:  # before bind/connect: every peer meets CURVE from the first
+            curve.server(sock, keys, domain)
+        elif connects:
+            curve.client(sock, keys)
         if bind is not None:
             try:
                 sock.bind(bind)
             except zmq.ZMQError as e:
                 raise EndpointError(f"{self.name}: cannot bind {bind}: {e}") from None
             self.bound[role or bind] = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        if connect is not None:
-            for endpoint in [connect] if isinstance(connect, str) else connect:
-                sock.connect(endpoint)
+        for endpoint in connects:
+            sock.connect(endpoint)
         return sock
 
     def poll(

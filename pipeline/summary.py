@@ -26,6 +26,9 @@ class Summary:
     # start() until every stage was ready (engine built and warmed up, sockets bound): no frame is
     # read before then. All of duration_s when the run ended while starting.
     startup_s: float = 0.0
+    # Inference workers (config.workers): name, host, device, engine, state, frames, batches,
+    # failures, latency_ms (hub: batch sent -> result), engine_ms; see pipeline.pool_workers.
+    workers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def running_s(self) -> float:
@@ -52,6 +55,7 @@ class Summary:
             "error": self.error,
             "outputs": self.outputs,
             "stages": self.stages,
+            "workers": self.workers,
         }
 
     def format(self) -> str:
@@ -74,6 +78,16 @@ class Summary:
                 f"{name:<22}{s['processed']:>8}{s['fps']:>9.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
                 f"{lat['max']:>9.2f}{'-' if wait is None else f'{wait:.2f}':>10}"
                 f"{s.get('queue', 0):>7}{s['dropped']:>7}{s['malformed']:>5}"
+            )
+        if self.workers:
+            lines.append(f"{'worker':<22}{'state':>7}{'frames':>8}{'batches':>8}{'fail':>5}"
+                         f"{'p50 ms':>9}{'p95 ms':>9}  device, engine")  # fmt: skip
+        for w in self.workers:
+            lat = w["latency_ms"]
+            lines.append(
+                f"{w['name'][:21]:<22}{w['state']:>7}{w['frames']:>8}{w['batches']:>8}"
+                f"{w['failures']:>5}{lat['p50']:>9.2f}{lat['p95']:>9.2f}  "
+                f"{w['device']}, {w['engine']}"
             )
         gauges = self.stages.get("sink", {}).get("gauges", {})
         if "subscribers" in gauges:

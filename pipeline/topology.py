@@ -23,11 +23,14 @@ import zmq
 
 from glpn.fileio import pid_temp_dir
 
+from . import curve
 from .capture import CaptureStage
 from .config import Config, TransportConfig
 from .inference import EngineFactory, InferenceStage
+from .ingest import IngestStage
 from .metrics import StageMetrics
 from .output import SinkStage
+from .pool import PoolStage
 from .postprocess import PostprocessStage
 from .preprocess import PreprocessStage
 from .sources import resolve_kind, resolve_mode
@@ -84,6 +87,9 @@ class StageSpec:
     metrics_window: int = 4096  # latency samples kept for the percentiles
     linger_ms: int = 1000  # see TransportConfig
     max_message_bytes: int = 256 * 1024 * 1024  # see TransportConfig
+    # (server, client) CURVE keys of the run's tcp links, one pair per run (transport tcp): only
+    # the run's own stages complete a handshake with each other. None: inproc / ipc.
+    link_keys: tuple[curve.Keys, curve.Keys] | None = field(default=None, repr=False)
 
     def build(
         self, context: zmq.Context, connect: Mapping[str, str], hooks: Mapping[str, Any]
@@ -101,6 +107,7 @@ class StageSpec:
             metrics=StageMetrics(self.name, self.metrics_window),
             linger_ms=self.linger_ms,
             max_message_bytes=self.max_message_bytes,
+            link_keys=self.link_keys,
         )
 
 
@@ -164,11 +171,15 @@ class Topology:
             )
         )
         points = cfg.points_config()  # point clouds postprocess computes (None: none)
+        # an output records the input frame as captured: it travels to the sinks
+        input_image = any(o and o.image == "input" for o in (outputs.record, outputs.rerun))
+        input_image = input_image or bool(outputs.web and outputs.web.side_by_side)  # shown beside
         live = any(resolve_mode(s, resolve_kind(s)) == "live" for s in cfg.sources)
         common = dict(
             metrics_window=cfg.metrics.window,
             linger_ms=t.linger_ms,
             max_message_bytes=t.max_message_bytes,
+            link_keys=curve.ephemeral_pair() if t.kind == "tcp" else None,
         )
 
         def spec(name: str, factory: type[Stage], *args: Any, **fields: Any) -> StageSpec:
@@ -188,13 +199,24 @@ class Topology:
                 options=dict(kind=kind, mode=mode, hwm=t.hwm),
                 connects=(Connect("output", "preprocess", role),),
             ))  # fmt: skip
+        if cfg.ingest is not None:  # remote cameras (capture --hub): all the external sources
+            remote = {s.id: resolve_mode(s, "external") for s in cfg.sources
+                      if resolve_kind(s) == "external"}  # fmt: skip
+            captures.append(spec(
+                "ingest", IngestStage, cfg.ingest,
+                options=dict(modes=remote, hwm=t.hwm),
+                binds=(Bind("endpoint", "ingest", cfg.ingest.endpoint),),
+                connects=(Connect("live_output", "preprocess", "live"),
+                          Connect("lossless_output", "preprocess", "lossless")),
+                public={"ingest": "ingest"},
+            ))  # fmt: skip
         sizes = {s.id: s.input_size or cfg.model.input_size for s in cfg.sources}
         preprocess = spec(
             "preprocess", PreprocessStage,
             options=dict(
                 input_sizes=sizes,
                 keep_image=(make_view and cfg.postprocess.side_by_side)
-                or bool(points and points.colour),
+                or bool(points and points.colour) or input_image,
                 max_pending=3 * cfg.model.max_batch,
                 hwm=t.hwm,
             ),
@@ -208,26 +230,30 @@ class Topology:
             ),
             public={"live": "preprocess.live", "lossless": "preprocess.lossless"},
         )  # fmt: skip
+        pool = cfg.workers  # inference on workers (pipeline.pool): same links, plus a ROUTER
         inference = spec(
-            "inference", InferenceStage, engine_factory,
+            "inference", PoolStage if pool else InferenceStage, engine_factory,
             options=dict(
                 streams=streams,
                 max_batch=cfg.model.max_batch,
                 max_wait_ms=cfg.model.max_wait_ms,
-                prefetch=0 if live else cfg.model.max_batch,
                 hwm=t.hwm,
+                **(dict(workers=pool, live=live) if pool
+                   else dict(prefetch=0 if live else cfg.model.max_batch)),
             ),
             binds=(
                 Bind("input", "input", addresses.data("inference")),
                 Bind("credit", "credit", addresses.data("credit")),
+                *([Bind("endpoint", "workers", pool.endpoint)] if pool else []),
             ),
             connects=(Connect("output", "postprocess", "input"),),
-            public={"input": "inference"},
+            public={"input": "inference", "workers": "workers"},
         )  # fmt: skip
         postprocess = spec(
             "postprocess", PostprocessStage, cfg.postprocess,
             options=dict(streams=streams, make_view=make_view, sources=cfg.sources,
-                         points=points, hwm=t.hwm),  # fmt: skip
+                         points=points, forward_image=input_image, device=cfg.model.device,
+                         hwm=t.hwm),  # fmt: skip
             binds=(Bind("input", "input", addresses.data("postprocess")),),
             connects=(Connect("output", "sink", "input"),),
             public={"input": "postprocess"},
@@ -237,11 +263,11 @@ class Topology:
             sink_binds.append(Bind("results", "results", addresses.data("results")))
         sink = spec(
             "sink", SinkStage, outputs,
-            options=dict(streams=streams, hwm=t.hwm),
+            options=dict(streams=streams, hwm=t.hwm, postprocess=cfg.postprocess),
             binds=tuple(sink_binds),
             hooks=("callback", "request_stop"),
             public={"input": "sink", "publish": "publish", "results": "results",
-                    "foxglove": "foxglove"},
+                    "foxglove": "foxglove", "web": "web"},
         )  # fmt: skip
         return cls((*captures, preprocess, inference, postprocess, sink))
 
@@ -276,8 +302,8 @@ class Topology:
         return [Link(s.name, c.stage, c.role) for s in self.stages for c in s.connects if c.data]
 
     def upstream(self, name: str) -> list[str]:
-        """The stages that push frames into `name`."""
-        return [link.sender for link in self.links() if link.receiver == name]
+        """The stages that push frames into `name` (each once, however many of its links)."""
+        return list(dict.fromkeys(link.sender for link in self.links() if link.receiver == name))
 
     def public_endpoints(self, bound: Callable[[str], Mapping[str, str]]) -> dict[str, str]:
         """Pipeline.endpoints: public name -> bound address; `bound(stage)` is its Stage.bound."""

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from pipeline.errors import MessageError
-from pipeline.geometry import Intrinsics, backproject, check_frame, point_colours, source_camera
+from pipeline.geometry import (
+    Intrinsics,
+    backproject,
+    backproject_torch,
+    check_frame,
+    point_colours,
+    source_camera,
+)
 
 CAM = Intrinsics(500.0, 480.0, 319.5, 239.5, 640, 480)
 
@@ -134,3 +141,68 @@ def test_check_frame_refuses_what_sinks_cannot_use():
         check_frame({}, {"depth": depth, "points": np.zeros((5, 2), np.float32)})
     with pytest.raises(MessageError):
         check_frame({}, {"depth": depth, "points": pts, "points_rgb": np.zeros((4, 3), np.uint8)})
+    # the input frame: uint8 (H, W, 3) of the source's size
+    header = {"source_shape": [240, 320]}
+    check_frame(header, {"depth": depth, "image": np.zeros((240, 320, 3), np.uint8)})
+    bad = [((240, 320, 3), np.float32), ((240, 320), np.uint8), ((480, 640, 3), np.uint8),
+           ((240, 320, 4), np.uint8)]  # fmt: skip
+    for image in (np.zeros(shape, dtype) for shape, dtype in bad):
+        with pytest.raises(MessageError, match="input frame"):
+            check_frame(header, {"depth": depth, "image": image})
+
+
+def test_masked_and_strided_clouds_match_the_pinhole_formula_exactly():
+    """Every path of backproject (all valid, masked, strided, max range) gives, bit for bit, the
+    float32 products z * ((u - cx) / fx) of the docstring, and the pixel index of each point."""
+    rng = np.random.default_rng(3)
+    h, w = 37, 53
+    cam = Intrinsics(41.3, 39.9, 25.2, 17.8, w, h)
+    for invalid in (0.0, 0.3):
+        depth = rng.uniform(0.1, 9.0, (h, w)).astype(np.float32)
+        depth[rng.random((h, w)) < invalid] = np.nan
+        for stride in (1, 2, 5):
+            for max_range in (None, 4.0):
+                points, index = backproject(depth, cam, stride=stride, max_range=max_range)
+                v, u = np.divmod(index, w)
+                assert (u % stride == 0).all() and (v % stride == 0).all()
+                assert (np.diff(index) > 0).all()  # row-major pixel order
+                z = depth.ravel()[index]
+                ok = np.isfinite(depth[::stride, ::stride]) & (depth[::stride, ::stride] > 0)
+                if max_range is not None:
+                    ok &= depth[::stride, ::stride] <= max_range
+                assert len(index) == ok.sum()
+                rx = ((u - cam.cx) / cam.fx).astype(np.float32)
+                ry = ((v - cam.cy) / cam.fy).astype(np.float32)
+                assert points.flags.c_contiguous and points.dtype == np.float32
+                np.testing.assert_array_equal(points, np.stack([z * rx, z * ry, z], axis=1))
+
+
+def _devices() -> list:
+    torch = pytest.importorskip("torch")
+    cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA here")
+    return ["cpu", pytest.param("cuda", marks=cuda)]
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_torch_backprojection_equals_numpy_bit_for_bit(device):
+    """What postprocess runs when the model is on a GPU; on CPU tensors too, so CI runs it."""
+    rng = np.random.default_rng(5)
+    h, w = 61, 83
+    cam = Intrinsics(70.1, 66.6, 40.7, 29.9, w, h)
+    depth = rng.uniform(0.1, 9.0, (h, w)).astype(np.float32)
+    edge = np.float32(4.3)  # > 4.3 as a double: max_range is compared in float32 on both sides
+    specials = [np.nan, np.inf, -np.inf, 0.0, -1.0, edge, np.nextafter(edge, np.float32(9))]
+    for i, value in enumerate(specials):  # invalid values and the max_range boundary
+        depth.ravel()[i * 97 : i * 97 + 40] = value
+    depth.flags.writeable = False  # as a received message's memory
+    for d in (depth, np.full((h, w), 2.0, np.float32), np.full((h, w), np.nan, np.float32),
+              depth.astype(np.float64)):  # fmt: skip
+        for stride in (1, 2, 3):
+            for max_range in (None, 4.3):
+                want = backproject(d, cam, stride=stride, max_range=max_range)
+                got = backproject_torch(d, cam, stride=stride, max_range=max_range, device=device)
+                for a, b in zip(want, got, strict=True):
+                    assert a.dtype == b.dtype and a.shape == b.shape
+                    assert a.tobytes() == b.tobytes()
+    with pytest.raises(ValueError, match="depth of shape"):
+        backproject_torch(depth[:40], cam, device=device)

@@ -2,7 +2,9 @@
 
 Real sockets throughout: a raw XPUB publishes to a DepthSubscriber (its subscription arriving at
 the XPUB says when what it sends is received), and raw PUSH sockets send into the stages of a
-running pipeline over tcp, the way any program on the host could.
+running pipeline over tcp. They hold the run's CURVE keys (Pipeline.link_keys): a peer inside the
+run's trust, a bug rather than an attack (a process without the keys cannot reach a stage at all:
+test_security.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pipeline_helpers import (
 )
 from zmq.utils.monitor import recv_monitor_message
 
-from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
+from pipeline import DepthSubscriber, FrameSender, Pipeline, curve, messages
 from pipeline.messages import stream_topic
 
 DEPTH = np.arange(35, dtype=np.float32).reshape(5, 7)
@@ -237,6 +239,7 @@ def test_hostile_frames_are_dropped_and_counted_at_the_stage_that_sees_them(
     try:
         for stage, hostile in HOSTILE_TO_STAGES.items():
             push = ctx.socket(zmq.PUSH)
+            curve.client(push, pipe.link_keys)
             push.connect(pipe.endpoints[stage])
             for parts in hostile:
                 push.send_multipart(parts)
@@ -249,7 +252,9 @@ def test_hostile_frames_are_dropped_and_counted_at_the_stage_that_sees_them(
 
         wait_until(lambda: counted() == expected, 30, f"malformed counts {expected}")
         frames = [frame_at(i, 40, 50) for i in range(3)]
-        with FrameSender(pipe.endpoints["preprocess.lossless"], "ext", context=ctx) as sender:
+        with FrameSender(
+            pipe.endpoints["preprocess.lossless"], "ext", context=ctx, keys=pipe.link_keys
+        ) as sender:
             for frame in frames:
                 assert sender.send(frame)
         got = list(results)
@@ -277,6 +282,7 @@ def test_a_message_part_over_the_limit_is_refused_before_it_is_received(tiny_che
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     monitor = push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    curve.client(push, pipe.link_keys)
     try:
         push.connect(pipe.endpoints["preprocess.lossless"])
         assert monitor.poll(10_000) and recv_monitor_message(monitor)["event"] == (
@@ -286,7 +292,9 @@ def test_a_message_part_over_the_limit_is_refused_before_it_is_received(tiny_che
         push.send_multipart(messages.encode(stage_frame(source_shape=[1024, 1025]), {"image": big}))
         assert monitor.poll(10_000), "the stage did not refuse the oversized part"
         assert recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
-        with FrameSender(pipe.endpoints["preprocess.lossless"], "ext", context=ctx) as sender:
+        with FrameSender(
+            pipe.endpoints["preprocess.lossless"], "ext", context=ctx, keys=pipe.link_keys
+        ) as sender:
             assert sender.send(frame_at(0, 40, 50))
         summary = pipe.join(timeout=30)
     finally:

@@ -22,7 +22,7 @@ from pipeline_helpers import (
     xpub_on_tcp,
 )
 
-from pipeline import DepthSubscriber, FrameSender, Pipeline, messages
+from pipeline import DepthSubscriber, FrameSender, Pipeline, curve, messages
 from pipeline.messages import stream_topic as topic
 
 
@@ -175,8 +175,9 @@ def test_external_frames_with_malformed_messages_on_the_pipeline_socket(tiny_che
     ]
     ctx = zmq.Context()
     raw = ctx.socket(zmq.PUSH)
+    curve.client(raw, pipe.link_keys)  # tcp links take only the run's keys
     raw.connect(endpoint)
-    sender = FrameSender(endpoint, "ext", context=ctx)
+    sender = FrameSender(endpoint, "ext", context=ctx, keys=pipe.link_keys)
     sender._sock.close(0)
     sender._sock = raw  # one connection, so garbage and frames arrive in this exact order
     for frame, bad in zip(frames, garbage):

@@ -12,7 +12,7 @@ from pipeline_helpers import eager_factory, read_video, write_video
 from plyfile import PlyData
 from test_cli import EXACT, assert_one_error_line, run_cli, write_clip
 
-from pipeline import Pipeline
+from pipeline import Pipeline, geometry
 from pipeline.geometry import Intrinsics, backproject, point_colours
 
 H, W = 120, 160  # the model sees 96x160 (auto input size), depth comes back at 120x160
@@ -99,6 +99,27 @@ def test_camera_follows_the_depth_at_model_size(video, tiny_checkpoint):
         points, _ = backproject(r.depth, scaled, max_range=5.0)
         np.testing.assert_array_equal(r.points, points)
         assert (r.points[:, 2] <= 5.0).all()
+
+
+def test_points_are_computed_on_the_gpu_when_the_model_is(video, tiny_checkpoint):
+    """model.device cuda: postprocess back-projects with torch on the GPU; the clouds are the
+    numpy ones, bit for bit."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA here")
+    before = geometry._device_rays.cache_info().misses
+    config = {
+        "sources": [{"uri": video, "id": "cam", "intrinsics": [FX, FY, CX, CY]}],
+        "model": {"checkpoint": tiny_checkpoint, "device": "cuda"},
+        "postprocess": {"points": {"stride": 1, "max_range_m": 50.0}},
+        "metrics": {"interval_s": 0},
+    }
+    results = list(Pipeline(config, engine_factory=eager_factory(tiny_checkpoint)))
+    assert len(results) == 4
+    assert geometry._device_rays.cache_info().misses > before  # the rays went to the GPU
+    cam = Intrinsics(FX, FY, CX, CY, W, H)
+    for r in results:
+        np.testing.assert_array_equal(r.points, backproject(r.depth, cam, max_range=50.0)[0])
 
 
 def test_cli_intrinsics_and_save_points(tiny_checkpoint, tmp_path):

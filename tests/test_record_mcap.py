@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import zmq
-from pipeline_helpers import eager_factory
+from pipeline_helpers import eager_factory, read_video, write_video
 from test_cli import (
     EXACT,
     RUN_STREAM,
@@ -30,10 +30,11 @@ from test_cli import (
 )
 
 from glpn.fileio import partial_path
-from pipeline import Pipeline
+from pipeline import Pipeline, load_config
 from pipeline.config import RecordConfig
 from pipeline.record_mcap import RecordSink
 from pipeline.results import DepthResult
+from pipeline.topology import Addresses, Topology
 
 pytest.importorskip("mcap_ros2")  # the robotics extra (part of the test extra)
 from mcap.exceptions import McapError  # noqa: E402
@@ -154,6 +155,37 @@ def test_pipeline_records_depth_camera_info_and_view(tiny_checkpoint, tmp_path):
         assert info.k == [FX, 0, CX, 0, FY, CY, 0, 0, 1]  # depth is at the source size
         assert info.p == [FX, 0, CX, 0, 0, FY, CY, 0, 0, 0, 1, 0]
         assert info.r == [1, 0, 0, 0, 1, 0, 0, 0, 1] and info.d == [0] * 5
+
+
+def test_pipeline_records_the_input_frame_as_captured(tiny_checkpoint, tmp_path):
+    """outputs.record.image: input: .../image is each frame as the source delivered it (bgr8,
+    source size), with no colourised view made for it; the frame reaches the sinks only then."""
+    video = write_video(str(tmp_path / "clip.avi"), 3, W, H, "MJPG")
+    record = tmp_path / "run.mcap"
+    config = {
+        "sources": [{"uri": video, "id": "a", "intrinsics": [FX, FY, CX, CY]}],
+        "model": {"checkpoint": tiny_checkpoint},
+        "outputs": {"record": {"path": str(record), "image": "input"}},
+        "metrics": {"interval_s": 0},
+    }
+    for image, travels in (("none", False), ("view", False), ("input", True)):
+        cfg = load_config({**config, "outputs": {"record": {"path": "x.mcap", "image": image}}})
+        topo = Topology.from_config(cfg, Addresses(cfg.transport, "u"), engine_factory=object)
+        assert topo["preprocess"].options["keep_image"] is travels
+        assert topo["postprocess"].options["forward_image"] is travels
+    results = list(Pipeline(config, engine_factory=eager_factory(tiny_checkpoint)))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert all(r.view is None for r in results)  # the input needs no view
+    frames = read_video(video)
+    images = on(decode(record), "/depthstream/a/image")
+    assert [m[4] for m in images] == [0, 1, 2]
+    for _, schema, log_time, _, seq, msg in images:
+        assert schema == "sensor_msgs/msg/Image" and log_time == stamp_ns(msg)
+        assert stamp_ns(msg) == ns(results[seq].header["t_wall"])
+        assert (msg.encoding, msg.is_bigendian, msg.step) == ("bgr8", 0, W * 3)
+        assert (msg.height, msg.width, msg.header.frame_id) == (H, W, "a_optical")
+        got = np.frombuffer(msg.data, np.uint8).reshape(H, W, 3)
+        np.testing.assert_array_equal(got, frames[seq])
 
 
 def test_point_cloud_and_invalid_depth_read_back(tmp_path):

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import zmq
-from pipeline_helpers import eager_factory
+from pipeline_helpers import eager_factory, read_video, write_video
 from test_cli import (
     EXACT,
     RUN_STREAM,
@@ -152,6 +152,32 @@ def test_pipelines_record_streams_views_and_capture_times_apart(tiny_checkpoint,
             assert fmt["color_model"] == 4  # rerun.datatypes.ColorModel.BGR
             np.testing.assert_array_equal(np.frombuffer(bytes(buf), np.uint8), view.ravel())
         assert len(rows[f"/{stream}/camera/image"]) == len(frames)
+
+
+def test_input_frame_is_logged_as_captured(tiny_checkpoint, tmp_path):
+    """outputs.rerun.image: input: <stream>/camera/image is each frame as the source delivered it
+    (BGR, source size), on the frame's timelines, next to its depth."""
+    video = write_video(str(tmp_path / "clip.avi"), 3, W, H, "MJPG")
+    config = {
+        "sources": [{"uri": video, "id": "a", "intrinsics": [FX, FY, CX, CY]}],
+        "model": {"checkpoint": tiny_checkpoint},
+        "outputs": {"rerun": {"path": str(tmp_path / "run.rrd"), "image": "input"}},
+        "metrics": {"interval_s": 0},
+    }
+    results = list(Pipeline(config, engine_factory=eager_factory(tiny_checkpoint)))
+    assert len(results) == 3 and all(r.view is None for r in results)
+    _, rows = read_rrd(tmp_path / "run.rrd")
+    frames = read_video(video)
+    images = rows["/a/camera/image"]
+    assert sorted(row["frame"] for row in images) == [0, 1, 2]
+    assert sorted(depth_frames(rows["/a/camera/depth"])) == [0, 1, 2]
+    for row in images:
+        (fmt,), (buf,) = row["Image:format"], row["Image:buffer"]
+        assert (fmt["width"], fmt["height"], fmt["color_model"]) == (W, H, 4)  # 4: BGR
+        t_wall = results[row["frame"]].header["t_wall"]
+        assert row["capture_time"] == round(Fraction(t_wall) * 10**9)
+        got = np.frombuffer(bytes(buf), np.uint8).reshape(H, W, 3)
+        np.testing.assert_array_equal(got, frames[row["frame"]])
 
 
 def _free_port() -> int:

@@ -122,6 +122,14 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
         host, port = args.foxglove  # (None, None): --foxglove alone, the config's or the defaults
         fox.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
         outputs["foxglove"] = fox
+    if args.web is not None:
+        web = outputs.get("web")
+        web = dict(web) if isinstance(web, dict) else {}
+        host, port = args.web  # (None, None): --web alone, the config's or the defaults
+        web.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+        outputs["web"] = web
+    if args.side_by_side and isinstance(outputs.get("web"), dict):  # the web view's too
+        outputs["web"] = {**outputs["web"], "side_by_side": True}
     if args.record is not None:
         rec = outputs.get("record")
         outputs["record"] = {**(rec if isinstance(rec, dict) else {}), "path": args.record}
@@ -198,6 +206,8 @@ def _apply_network(data: dict[str, Any], args: argparse.Namespace, where: str) -
         _section(data, "workers", where)["wait_s"] = args.worker_wait
     if args.ingest is not None:
         _section(data, "ingest", where)["endpoint"] = args.ingest
+    if args.remote and not data.get("ingest"):
+        raise CliError("--remote needs --ingest tcp://ADDR:PORT (where the remote cameras connect)")
     curve = {k: v for k, v in (("secret", args.curve_secret), ("allow", args.curve_allow),
                                ("insecure", args.insecure or None)) if v is not None}  # fmt: skip
     if curve:
@@ -219,7 +229,8 @@ def _demo(data: dict[str, Any], args: argparse.Namespace) -> None:
     data["sources"] = [{"id": "demo", "uri": DEMO_CLIP}]
     if not any((args.save_depth, args.save_video, args.publish, args.display)) and not (
         args.foxglove
-        or args.record  # the demo in the Foxglove app only, or only recorded
+        or args.web  # the demo in the browser or the Foxglove app only, or only recorded
+        or args.record
         or args.rerun
         or args.rerun_connect
         or args.save_points

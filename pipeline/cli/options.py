@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
             "tag DEPTH_SCALE), 0 = no depth; several sources: FILE_<id>.mkv, or {stream} in the "
             "name; needs depthstream[video] [outputs.depth_video.path]"))),
         ("--side-by-side", dict(action="store_true", help=(
-            "video/window show the input next to the depth [postprocess.side_by_side]"))),
+            "video/window/web view show the input next to the depth "
+            "[postprocess.side_by_side]"))),
         ("--stabilize", dict(action="store_true", help=(
             "flicker control: per stream a moving average of the depth that resets where a pixel "
             "changes by more than 10%% (no ghosts) and follows the model's scale; every output "
@@ -217,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
             "/depthstream/<stream>/depth, camera_info, points), by default on 127.0.0.1:8765; "
             "0 as the port: any free one (logged). A non-loopback HOST lets the network see it "
             "[outputs.foxglove.host/port]"))),
+        ("--web", dict(type=_host_port, nargs="?", const=(None, None), metavar="[HOST:]PORT",
+                       help=(
+            "live view in a browser: open http://HOST:PORT/ for every stream's colourised depth, "
+            "its colour bar, the depth under the pointer, fps, latency and drops; by default on "
+            "127.0.0.1:8080; 0 as the port: any free one (logged). With --side-by-side the input "
+            "is beside it [outputs.web.side_by_side]. A non-loopback HOST lets the network see "
+            "it [outputs.web.host/port]"))),
         ("--record", dict(type=_mcap_path, metavar="FILE.mcap", help=(
             "record ROS 2 messages to one MCAP file (Foxglove, ros2 bag play): per stream "
             "/depthstream/<stream>/depth (32FC1 metres, NaN = no depth) and camera_info "

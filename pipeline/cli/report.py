@@ -175,11 +175,13 @@ def print_results(
     lines = summary.format().splitlines()
     # After the headline, whose engine description says "any size" when sizes are per stream.
     print("\n".join([*lines[:1], sizes.line(), *lines[1:]]))
-    captured = {
-        sid: summary.stages.get(f"capture:{sid}", {}).get("processed", 0) for sid in summary.frames
-    }
+    # Frames read by this run's captures; an external stream's (another process or host) are
+    # counted where they are read.
+    captured = {sid: summary.stages[f"capture:{sid}"].get("processed", 0)
+                for sid in summary.frames if f"capture:{sid}" in summary.stages}  # fmt: skip
     print("frames per stream: " + ", ".join(
-        f"{sid} {captured[sid]} in / {n} out" for sid, n in summary.frames.items()
+        f"{sid} {captured[sid]} in / {n} out" if sid in captured else f"{sid} {n} out"
+        for sid, n in summary.frames.items()
     ))  # fmt: skip
     for line in output_lines(summary, config, endpoints):
         print(line)

@@ -12,10 +12,10 @@ import contextlib
 import json
 import logging
 import os
-import re
 import sys
 
 from pipeline.config import Config
+from pipeline.curve import is_loopback
 from pipeline.summary import Summary
 
 from .checkpoint import check_checkpoint, random_weights_warning
@@ -43,7 +43,7 @@ def _creatable(directory: str) -> None:
 
 def check_outputs(config: Config) -> None:
     """Output folders that cannot be made are an error before anything runs; files that a run
-    would replace, and publishing on every interface, are a warning."""
+    would replace, and publishing to the network without keys (insecure), are a warning."""
     files = config.outputs.files
     if files is not None:
         _creatable(files.directory)
@@ -58,8 +58,10 @@ def check_outputs(config: Config) -> None:
     if video_dir and "{stream}" not in video_dir:  # per-stream folders: made by the sink
         _creatable(video_dir)
     pub = config.outputs.zmq
-    if pub is not None and re.match(r"tcp://(\*|0\.0\.0\.0|\[::\]):", pub.endpoint):
-        log.warning("publishing on every network interface (%s)", pub.endpoint)
+    if pub is not None and pub.curve.insecure and not pub.curve.enabled:
+        if not is_loopback(pub.endpoint):  # without insecure: refused (PublishSink.secure)
+            log.warning("publishing on %s without CURVE keys (insecure): anyone who can reach it "
+                        "receives the depth", pub.endpoint)  # fmt: skip
 
 
 def warn_live_files(config: Config) -> None:
@@ -96,8 +98,11 @@ def run(args: argparse.Namespace) -> int:
     from pipeline import EngineSpec, Pipeline, PipelineError
 
     config = build_config(args)
-    random_weights = not config.model.checkpoint
-    if not random_weights:
+    # No model here: the load-test engine, or a hub whose workers run it (they say what they run).
+    workers_only = config.workers is not None and not config.workers.local_worker
+    no_model = config.model.backend == "simulate" or workers_only
+    random_weights = not no_model and not config.model.checkpoint
+    if not no_model and config.model.checkpoint:
         check_checkpoint(config.model.checkpoint)
     check_outputs(config)
     warn_live_files(config)
