@@ -3,16 +3,14 @@
 1. throughput of a hub with 1, 2, 4, 8 workers (`--backend simulate`, 40 ms/batch, batch 1) on a
    lossless clip (summary fps: start-up excluded), its ratio to N x one worker, and the saturation
    rate (8 workers at 0 ms); 2. CPU ms per frame of the hub process (wait4 rusage less its CPU time
-   at its start line), of its stages' threads (summary cpu_s) and of all workers; 3. bytes per frame
-   message on each link (camera raw vs JPEG, BATCH uint8 vs float32, RESULT); 4. a 720p frame hop
-   PUSH -> PULL with and without CURVE; 5. a worker killed (SIGKILL) or hung (SIGSTOP) mid-stream:
-   detection, output stall, completeness, time; 6. the real engine (small default GLPN, random
-   weights, eager fp32) on 1 and 2 workers. Prints tables, writes benchmarks/results/
-   distributed.json (or --out); about 4 min by default.
+   at its start line, less a 1-frame run's after its start line: what every run costs), of its
+   stages' threads (summary cpu_s) and of all workers; 3. bytes per frame message on each link
+   (camera raw vs JPEG, BATCH uint8 vs float32, RESULT); 4. a 720p frame hop PUSH -> PULL with and
+   without CURVE; 5. a worker killed (SIGKILL) or hung (SIGSTOP) mid-stream: detection, output
+   stall, completeness, time; 6. the real engine (small default GLPN, random weights, eager fp32)
+   on 1 and 2 workers. Prints tables, writes benchmarks/results/distributed.json (or --out).
 
-    python benchmarks/bench_distributed.py [--frames 100] [--sizes 240x320,480x640]
-        [--workers 1,2,4,8] [--real-frames 96] [--skip-real]
-"""
+    python benchmarks/bench_distributed.py [--frames 100] [--sizes 240x320,480x640] [--skip-real]"""
 
 from __future__ import annotations
 
@@ -22,7 +20,6 @@ import os
 import re
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,6 +40,7 @@ from pipeline.client import DepthSubscriber
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SIM_MS = 40.0  # the simulated engine's batch time
+SCENES: dict[tuple[int, int, int], np.ndarray] = {}  # scene(): (i % 8, h, w) -> moving_scene
 
 
 class Proc:
@@ -52,11 +50,10 @@ class Proc:
     def __init__(self, args: Sequence[str], cwd: str, env: dict[str, str] | None = None) -> None:
         self.args, self.lines, self.cpu_s = list(args), [], 0.0
         self._cond = threading.Condition()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *self.args], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, cwd=cwd,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.args], cwd=cwd,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env)  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -68,8 +65,8 @@ class Proc:
         with self._cond:
             self._cond.notify_all()
 
-    def output(self) -> str:
-        return "\n".join(line for _, line in list(self.lines))[-3000:]
+    def output(self) -> str:  # the last lines, for errors
+        return "\n".join(line for _, line in self.lines[-40:])
 
     def wait_for(self, pattern: str, timeout: float, after: float = 0.0) -> tuple[float, str]:
         """(arrival time, line) of the first line matching `pattern` since `after`."""
@@ -100,44 +97,31 @@ class Proc:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
-
-def wait_connecting(listener: socket.socket, n: int) -> None:
-    """Until n workers connected to the hub's port (so built their engines). The connections are
-    held, then closed: ZeroMQ retries every 100 ms, and the READY stays queued until the hub
-    answers (--timeout 60: a worker waits that long for it)."""
-    held: list[socket.socket] = []
-    try:
-        listener.settimeout(180)  # the real engine's build on a busy machine
-        held.extend(listener.accept()[0] for _ in range(n))
-    finally:
-        for conn in [*held, listener]:
-            conn.close()
-
-
-def hub_run(n: int, tmp: str, hub_args: Callable[[str], list[str]], worker_args: Sequence[str],
+def hub_run(n: int, tmp: str, hub_args: Sequence[str], worker_args: Sequence[str],
             *, expect: int, worker_env: dict | None = None,
             during: Callable | None = None) -> dict:  # fmt: skip
-    """A hub with `n` fresh workers w1..wn on loopback tcp, `expect` frames: fps, CPU ms per frame
-    (hub rusage less its CPU at the start line, its stages' cpu_s, workers the hub's way)."""
+    """A hub (`hub_args`, {hub} its workers endpoint) with `n` fresh workers w1..wn on loopback tcp,
+    `expect` frames: fps, CPU s since the hub's start line (hub; workers), stages' cpu_s/frame."""
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     endpoint, workers, hub = f"tcp://127.0.0.1:{listener.getsockname()[1]}", [], None
     try:
         for i in range(n):
             args = ["worker", "--hub", endpoint, "--name", f"w{i + 1}", "--timeout", "60"]
             workers.append(Proc([*args, *worker_args], tmp, worker_env))
-        wait_connecting(listener, n)
+        # A worker connects to the free port once its engine is built; closed, ZeroMQ retries every
+        # 100 ms, READY queued until the hub answers (--timeout 60): all join as the hub starts.
+        listener.settimeout(180)  # the real engine's build on a busy machine
+        for conn in [*[listener.accept()[0] for _ in range(n)], listener]:
+            conn.close()
         path = os.path.join(tmp, "summary.json")
-        hub = Proc([*hub_args(endpoint), "--metrics-interval", "0", "--summary-json", path], tmp)
+        args = [a.replace("{hub}", endpoint) for a in hub_args]
+        hub = Proc([*args, "--metrics-interval", "0", "--summary-json", path], tmp)
         t_start = hub.wait_for(r"depthstream: \d+ stream", 120)[0]
         startup = [p.cpu_now() for p in (hub, *workers)]  # frames flow from here on
         joined = max(hub.wait_for(rf"worker w{i + 1} joined", 60)[0] for i in range(n))
         extra = during(hub, workers) if during else {}
-        if hub.finish(900) != 0:
+        if hub.finish(600) != 0:
             raise RuntimeError(f"hub failed:\n{hub.output()}")
         for w in workers:
             os.kill(w.proc.pid, signal.SIGTERM)  # the killed one is a zombie until reaped
@@ -149,37 +133,47 @@ def hub_run(n: int, tmp: str, hub_args: Callable[[str], list[str]], worker_args:
     finally:
         listener.close()
         for p in [*workers, *([hub] if hub else [])]:
-            p.close()
-    ms = [1000 * (p.cpu_s - c) / expect for p, c in zip((hub, *workers), startup)]
+            if p.proc.poll() is None:  # an error on the way: nothing is left running
+                p.proc.kill()
+                p.proc.wait(10)
+    cpu = [p.cpu_s - c for p, c in zip((hub, *workers), startup)]
     stages = 1000 * sum(v["cpu_s"] for v in s["stages"].values()) / expect
     return {"workers": n, "frames": expect, "fps": s["fps"], "running_s": s["running_s"],
-            "join_lag_ms": round(1000 * (joined - t_start), 1), "hub_cpu_ms": round(ms[0], 3),
-            "stages_cpu_ms": round(stages, 3), "worker_cpu_ms": round(sum(ms[1:]), 3),
+            "join_lag_ms": round(1000 * (joined - t_start), 1), "hub_cpu_s": round(cpu[0], 3),
+            "stages_cpu_ms": round(stages, 3), "workers_cpu_s": round(sum(cpu[1:]), 3),
             "per_worker": {w["name"]: w["frames"] for w in s["workers"]}, **extra}  # fmt: skip
 
 
-def clip_hub(clip: str, frames: int) -> Callable[[str], list[str]]:
-    return lambda endpoint: ["--source", clip, "--max-frames", str(frames), "--workers", endpoint]
+def clip_hub(clip: str, frames: int) -> list[str]:
+    return ["--source", clip, "--max-frames", str(frames), "--workers", "{hub}"]
+
+
+def sim(ms: float) -> list[str]:
+    return ["--backend", "simulate", "--simulate-ms", str(ms)]
 
 
 def throughput(clip: str, size: tuple[int, int], counts: list[int], frames: int, tmp: str) -> dict:
     runs = []
+    base = hub_run(1, tmp, clip_hub(clip, 1), sim(0), expect=1)  # what any run costs
     for n, ms in [(n, SIM_MS) for n in counts] + [(max(counts), 0.0)]:
-        sim = ["--backend", "simulate", "--simulate-ms", str(ms)]
-        r = hub_run(n, tmp, clip_hub(clip, n * frames), sim, expect=n * frames)
+        r = hub_run(n, tmp, clip_hub(clip, n * frames), sim(ms), expect=n * frames)
         ratio = round(r["fps"] / (n * runs[0]["fps"]), 3) if runs else 1.0
-        r.update(clip=list(size), simulate_ms=ms, ratio=ratio if ms else None)
+        more = 1000 / (n * frames - 1)  # CPU ms per frame beyond the 1-frame run
+        w = r["workers_cpu_s"] - n * base["workers_cpu_s"]
+        r.update(clip=list(size), simulate_ms=ms, ratio=ratio if ms else None,
+                 hub_cpu_ms=round(more * (r["hub_cpu_s"] - base["hub_cpu_s"]), 3),
+                 worker_cpu_ms=round(more * w, 3))  # fmt: skip
         runs.append(r)
         print(f"{size[0]}x{size[1]}: {n} workers at {ms:g} ms: {r['fps']:.1f} fps", flush=True)
-    return {"size": list(size), "model_input": list(input_size_for(*size)), "runs": runs[:-1],
-            "saturation": runs[-1]}  # fmt: skip
+    return {"size": list(size), "model_input": list(input_size_for(*size)), "base": base,
+            "runs": runs[:-1], "saturation": runs[-1]}  # fmt: skip
 
 
 def camera_message(image: np.ndarray, encoding: str) -> list:
     """A frame message as the capture stage + uplink make it."""
-    h, w, now = *image.shape[:2], time.monotonic()
+    now = time.monotonic()
     header = {"kind": "frame", "stream": "cam", "index": 123, "t_mono": now, "t_wall": time.time(),
-              "mode": "live", "source_shape": [h, w], "position": 4.1, "fps": 30.0,
+              "mode": "live", "source_shape": list(image.shape[:2]), "position": 4.1, "fps": 30.0,
               "stage_ms": {"capture": 1.234}, "t_last": now}  # fmt: skip
     return framecodec.encode(header, image, encoding)
 
@@ -202,7 +196,7 @@ def link_bytes(name: str, images: list[np.ndarray]) -> dict:
     depth = np.zeros((1, *size), np.float32)
     result = pool_protocol.encode(pool_protocol.RESULT, {"id": 7, "ms": 40.0, "shape": [1, *size]},
                                   depth)  # fmt: skip
-    out = {k: int(statistics.median(v)) for k, v in rows.items()}
+    out = {k: int(np.median(v)) for k, v in rows.items()}
     return {"frames": name, "size": list(images[0].shape[:2]), "model_input": list(size), **out,
             "jpeg_x": round(out["raw"] / out["jpeg"], 2),
             "result_float32": framecodec.message_bytes(result)}  # fmt: skip
@@ -215,8 +209,7 @@ def bytes_table(clip: str, count: int = 30) -> list[dict]:
     demo = cv2.VideoCapture(os.path.join(os.path.dirname(pipeline.__file__), "assets", "demo.mp4"))
     road = cv2.resize(demo.read()[1], (1280, 720), interpolation=cv2.INTER_LINEAR)
     cap.release(), demo.release()
-    h, w = images[0].shape[:2]
-    return [link_bytes(f"clip {h}x{w} (median of {len(images)})", images),
+    return [link_bytes(f"clip (median of {len(images)} frames)", images),
             link_bytes("720p synthetic scene", [moving_scene(0, 720, 1280)]),
             link_bytes("720p demo road scene", [road])]  # fmt: skip
 
@@ -248,12 +241,10 @@ def hops(n: int) -> list[dict]:
     rows = []
     for enc in ("raw", "jpeg"):
         parts = camera_message(moving_scene(0, 720, 1280), enc)
-        row = {"frame": f"720p {enc}", "bytes": framecodec.message_bytes(parts)}
-        for tag, keys in (("plain", False), ("curve", True)):
-            t = hop_ms(parts, keys, n)
-            row.update({f"{tag}_p50_ms": round(statistics.median(t), 3),
-                        f"{tag}_p95_ms": round(float(np.percentile(t, 95)), 3)})  # fmt: skip
-        rows.append(row)
+        ms = {tag: hop_ms(parts, keys, n) for tag, keys in (("plain", False), ("curve", True))}
+        rows.append({"frame": f"720p {enc}", "bytes": framecodec.message_bytes(parts),
+                     **{f"{tag}_p{q}_ms": round(float(np.percentile(t, q)), 3)
+                        for tag, t in ms.items() for q in (50, 95)}})  # fmt: skip
     return rows
 
 
@@ -270,14 +261,11 @@ def fault_run(clip: str, frames: int, after: int, sig: int | None, tmp: str) -> 
             if len(arrivals) >= after:
                 enough.set()
 
-    def hub_args(endpoint: str) -> list[str]:
-        source = {"id": "clip", "uri": clip, "mode": "lossless", "max_frames": frames}
-        zmq_out = {"endpoint": publish, "wait_subscribers": 1, "hwm": 10_000}
-        config = {"sources": [source], "model": {"backend": "simulate"},
-                  "workers": {"endpoint": endpoint}, "outputs": {"zmq": zmq_out}}  # fmt: skip
-        with open(os.path.join(tmp, "hub.yaml"), "w", encoding="utf-8") as f:
-            yaml.safe_dump(config, f)
-        return ["--config", f.name]
+    with open(os.path.join(tmp, "hub.yaml"), "w", encoding="utf-8") as f:
+        yaml.safe_dump({"sources": [{"id": "clip", "uri": clip, "mode": "lossless",
+                                     "max_frames": frames}], "model": {"backend": "simulate"},
+                        "outputs": {"zmq": {"endpoint": publish, "wait_subscribers": 1,
+                                            "hwm": 10_000}}}, f)  # fmt: skip
 
     def inject(hub: Proc, workers: list[Proc]) -> dict:
         if sig is None:
@@ -293,11 +281,10 @@ def fault_run(clip: str, frames: int, after: int, sig: int | None, tmp: str) -> 
         return {"t_signal": t_sig, "detect_s": round(t_lost - t_sig, 3),
                 "requeued": int(requeued[1]) if requeued else None, "lost_line": line}  # fmt: skip
 
-    thread = threading.Thread(target=observe, daemon=True)
-    thread.start()
+    (thread := threading.Thread(target=observe, daemon=True)).start()
     try:
-        sim = ["--backend", "simulate", "--simulate-ms", str(SIM_MS)]
-        r = hub_run(2, tmp, hub_args, sim, expect=frames, during=inject)
+        r = hub_run(2, tmp, ["--config", f.name, "--workers", "{hub}"], sim(SIM_MS), expect=frames,
+                    during=inject)  # fmt: skip
     finally:
         thread.join(30)
         sub.close()
@@ -312,36 +299,35 @@ def fault_run(clip: str, frames: int, after: int, sig: int | None, tmp: str) -> 
 
 def real_engine(clip: str, size: tuple[int, int], frames: int, tmp: str) -> list[dict]:
     ckpt = random_checkpoint(os.path.join(tmp, "ckpt"), preset="default", seed=2)
-    h, w = input_size_for(*size)
     args = ["--checkpoint", ckpt, "--backend", "eager", "--precision", "fp32",
-            "--input-size", f"{h}x{w}"]  # fmt: skip
+            "--input-size", "x".join(map(str, input_size_for(*size)))]  # fmt: skip
     rows = []
     for n, threads in ((1, None), (2, None), (1, 1), (2, 1)):
         env = {"OMP_NUM_THREADS": str(threads)} if threads else None
         r = hub_run(n, tmp, clip_hub(clip, frames), args, expect=frames, worker_env=env)
-        r["torch_threads"] = threads or "default"
-        r["ratio"] = round(r["fps"] / rows[0]["fps"], 3) if rows else 1.0
+        r.update(torch_threads=threads or "default", ratio=round(r["fps"] / rows[0]["fps"], 3)
+                 if rows else 1.0, worker_cpu_ms=1e3 * r["workers_cpu_s"] / frames)  # fmt: skip
         rows.append(r)
-        print(f"real engine: {n} worker(s), threads {r['torch_threads']}: {r['fps']:.2f} fps",
-              flush=True)  # fmt: skip
+        print(f"real engine: {n} workers, threads {r['torch_threads']}: {r['fps']:.2f} fps")
     return rows
 
 
-def scene(i: int, h: int, w: int, _cache: dict = {}) -> np.ndarray:  # noqa: B006 - a cache
+def scene(i: int, h: int, w: int) -> np.ndarray:
     """moving_scene(i), from 8 cached scenes (a long clip is written quickly)."""
-    if (i % 8, h, w) not in _cache:
-        _cache[i % 8, h, w] = moving_scene(i % 8, h, w)
-    return np.roll(_cache[i % 8, h, w], 3 * (i - i % 8), axis=1)
-
-
-def text(v: object) -> str:
-    if isinstance(v, list):
-        return "x".join(map(str, v))
-    return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+    if (i % 8, h, w) not in SCENES:
+        SCENES[i % 8, h, w] = moving_scene(i % 8, h, w)
+    return np.roll(SCENES[i % 8, h, w], 3 * (i - i % 8), axis=1)
 
 
 def table(title: str, rows: list[dict], keys: str) -> None:
-    """Print the values of `keys` (space-separated) of each row under them, right-aligned."""
+    """Print the values of `keys` (space-separated) of each row under them, right-aligned: sizes
+    as HxW, floats with 2 decimals, None as -."""
+
+    def text(v: object) -> str:
+        if isinstance(v, list):
+            return "x".join(map(str, v))
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
     cells = [keys.split(), *[[text(r.get(k)) for k in keys.split()] for r in rows]]
     widths = [max(len(r[i]) for r in cells) + 2 for i in range(len(cells[0]))]
     print(f"\n{title}")
@@ -356,7 +342,7 @@ def report(res: dict) -> None:
           "clip workers simulate_ms frames fps ratio hub_cpu_ms stages_cpu_ms worker_cpu_ms "
           "join_lag_ms")  # fmt: skip
     table("bytes per frame message on each link (BATCH/RESULT at the model input; JPEG q90)",
-          res["bytes"], "frames raw jpeg jpeg_x model_input batch_uint8 batch_float32 "
+          res["bytes"], "frames size raw jpeg jpeg_x model_input batch_uint8 batch_float32 "
           "result_float32")  # fmt: skip
     table(f"720p frame hop PUSH->PULL, loopback tcp, two contexts, {res['settings']['hops']} "
           "frames", res["hops"], "frame bytes plain_p50_ms plain_p95_ms curve_p50_ms "
@@ -372,9 +358,8 @@ def report(res: dict) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for flag, kind, default, what in (
-        ("--frames", int, 100, "frames per worker in a throughput run (default 100: ~4 s)"),
-        ("--sizes", str, "240x320,480x640", "clip sizes HxW (the hub keeps up with 8 workers "
-         "at 240x320 on 2 cores, not at 480x640)"),
+        ("--frames", int, 100, "frames per worker in a throughput run (~4 s a run)"),
+        ("--sizes", str, "240x320,480x640", "clip sizes HxW (the hub saturates sooner at 480x640)"),
         ("--workers", str, "1,2,4,8", "worker counts"),
         ("--hops", int, 100, "720p frames per hop measurement"),
         ("--fault-frames", int, 200, "frames of a fault run"),

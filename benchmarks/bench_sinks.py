@@ -6,7 +6,10 @@ intrinsics, once per output: none, PLY point clouds (`outputs.points`, stride 1)
 Foxglove server (no client), a Rerun file, the Prometheus endpoint scraped every second. The runs
 alternate round by round, so the machine's drift hits every output alike; the result per output is
 the median over rounds of its fps divided by the same round's fps without outputs. fps is the
-summary's: frames over the running time, start-up excluded. Prints a table; writes
+summary's: frames over the running time, start-up excluded. Also the process's CPU time (user +
+system, every thread) per frame from the end of start-up to the end of the run, and what each
+output adds to it (median over rounds of the difference with the same round's run without):
+less sensitive than fps to other programs on the machine. Prints a table; writes
 benchmarks/results/sinks_<size>.json (or --out).
 
     python benchmarks/bench_sinks.py [--frames 20] [--rounds 3] [--size 480x640]
@@ -20,6 +23,7 @@ import os
 import statistics
 import tempfile
 import threading
+import time
 import urllib.request
 
 # As the program does (pipeline.cli): OpenMP threads wait passively, read when torch loads.
@@ -71,7 +75,15 @@ VARIANTS = (
 )  # fmt: skip
 
 
-def run_once(name: str, clip: str, checkpoint: str, size: tuple[int, int], frames: int) -> float:
+def cpu_s() -> float:
+    """CPU seconds this process has used so far, every thread, user + system."""
+    return time.process_time()
+
+
+def run_once(
+    name: str, clip: str, checkpoint: str, size: tuple[int, int], frames: int
+) -> tuple[float, float]:
+    """(fps, CPU ms per frame) of one run."""
     h, w = size
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as out:
         config = {
@@ -83,17 +95,19 @@ def run_once(name: str, clip: str, checkpoint: str, size: tuple[int, int], frame
             "metrics": {"interval_s": 0, **({"port": 0} if name == SCRAPED else {})},
         }  # fmt: skip
         pipe = Pipeline(config, log_summary=False).start()
+        cpu0 = cpu_s()
         stop = threading.Event()
         scraper = scrape_every(pipe.endpoints["metrics"], 1.0, stop) if name == SCRAPED else None
         try:
             summary = pipe.join()
+            cpu = cpu_s() - cpu0
         finally:
             stop.set()
         if scraper is not None:
             scraper.join()
     if summary.outcome != "finished" or summary.frames["cam"] != frames:
         raise RuntimeError(f"{name}: {summary.outcome}, {summary.frames} ({summary.error})")
-    return summary.fps
+    return summary.fps, 1000 * cpu / frames
 
 
 def main() -> None:
@@ -109,22 +123,31 @@ def main() -> None:
         checkpoint = random_checkpoint(os.path.join(tmp, "ckpt"), preset="default", seed=2)
         clip = write_clip(os.path.join(tmp, "clip.avi"), args.frames, h, w, fps=30.0)
         fps: dict[str, list[float]] = {v: [] for v in VARIANTS}
+        cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}  # ms per frame
         for r in range(args.rounds):
             for name in VARIANTS:
-                fps[name].append(run_once(name, clip, checkpoint, args.size, args.frames))
-                print(f"round {r + 1}: {name:<22} {fps[name][-1]:6.2f} fps", flush=True)
+                f, c = run_once(name, clip, checkpoint, args.size, args.frames)
+                fps[name].append(f)
+                cpu[name].append(c)
+                print(f"round {r + 1}: {name:<24} {f:6.2f} fps {c:7.1f} CPU ms/frame", flush=True)
     rows = []
     for name in VARIANTS:
         ratios = [a / b for a, b in zip(fps[name], fps["none"])]
+        extra = [a - b for a, b in zip(cpu[name], cpu["none"])]
         rows.append({"output": name, "fps": fps[name], "ratio_median": statistics.median(ratios),
-                     "ratio_min": min(ratios), "ratio_max": max(ratios)})  # fmt: skip
+                     "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     "cpu_ms_per_frame": cpu[name],
+                     "cpu_extra_ms_median": statistics.median(extra)})  # fmt: skip
     print(f"\n{h}x{w}, small default model, eager fp32, "
           f"{args.frames} frames x {args.rounds} rounds")  # fmt: skip
-    print(f"{'output':<22}{'fps (median)':>14}{'vs none':>10}{'range':>16}")
+    print(f"{'output':<24}{'fps (median)':>13}{'vs none':>9}{'range':>13}"
+          f"{'CPU ms/frame':>14}{'extra':>9}")  # fmt: skip
     for row in rows:
-        print(f"{row['output']:<22}{statistics.median(row['fps']):>14.2f}"
-              f"{100 * row['ratio_median']:>9.0f}%"
-              f"{100 * row['ratio_min']:>9.0f}-{100 * row['ratio_max']:.0f}%")  # fmt: skip
+        print(f"{row['output']:<24}{statistics.median(row['fps']):>13.2f}"
+              f"{100 * row['ratio_median']:>8.0f}%"
+              f"{100 * row['ratio_min']:>7.0f}-{100 * row['ratio_max']:.0f}%"
+              f"{statistics.median(row['cpu_ms_per_frame']):>14.1f}"
+              f"{row['cpu_extra_ms_median']:>+9.1f}")  # fmt: skip
     out = args.out or os.path.join(RESULTS, f"sinks_{h}x{w}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:

@@ -152,8 +152,9 @@ def test_worker_killed_mid_stream_every_frame_once_in_order(clip, reference, key
             assert observer.enough.wait(60), hub.output
             w2.signal(signal.SIGKILL)
             killed = time.monotonic()
-            # Its host closes the connection, which the hub notices at once; a host that goes
-            # silent is caught by the heartbeats (3 s by default; test_two_hosts.py).
+            # Its host closes the connection: the hub's next message to it (a heartbeat within
+            # heartbeat_s, 1 s) finds it gone; a host that goes silent is caught by the heartbeat
+            # timeout (3 s by default; test_two_hosts.py).
             t_lost, line = hub.wait_for(r"worker w2 lost", 10, after=killed)
             assert t_lost - killed <= 4.0, (t_lost - killed, line)
             assert hub.wait(120) == 0, hub.output
@@ -214,3 +215,14 @@ def test_live_source_with_slow_workers_keeps_latency_bounded(clip, keys, tmp_pat
         assert summary["e2e_ms"]["p95"] < 800, summary["e2e_ms"]
         w1.signal(signal.SIGTERM)
         w1.wait(30)
+
+
+def test_no_worker_within_worker_wait_is_exit_3(clip, tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with Program(["--source", clip, "--backend", "simulate", "--workers", endpoint,
+                  "--worker-wait", "1", "--save-depth", str(tmp_path / "out"),
+                  "--metrics-interval", "0.2"]) as hub:  # fmt: skip
+        hub.wait_for(r"waiting for workers \(none connected\)", 30)  # the status line says why
+        assert hub.wait(60) == 3, hub.output
+    errors = [line for _, line in hub.lines if line.startswith("error:")]
+    assert len(errors) == 1 and "no inference worker connected to " + endpoint in errors[0], errors
