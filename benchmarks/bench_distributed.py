@@ -20,8 +20,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -37,65 +35,11 @@ from glpn.processing import input_size_for, prepare_frames
 from glpn.testing import machine_info, moving_scene, parse_size, random_checkpoint, write_clip
 from pipeline import curve, framecodec, pool_protocol
 from pipeline.client import DepthSubscriber
+from pipeline.testing import Program
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SIM_MS = 40.0  # the simulated engine's batch time
 SCENES: dict[tuple[int, int, int], np.ndarray] = {}  # scene(): (i % 8, h, w) -> moving_scene
-
-
-class Proc:
-    """`python -m pipeline.cli ARGS` with its output lines and their arrival times (as
-    tests/process_helpers.Program), reaped with os.wait4 for its CPU time (cpu_s)."""
-
-    def __init__(self, args: Sequence[str], cwd: str, env: dict[str, str] | None = None) -> None:
-        self.args, self.lines, self.cpu_s = list(args), [], 0.0
-        self._cond = threading.Condition()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *self.args], cwd=cwd,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env)  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append((time.monotonic(), line.rstrip("\n")))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def output(self) -> str:  # the last lines, for errors
-        return "\n".join(line for _, line in self.lines[-40:])
-
-    def wait_for(self, pattern: str, timeout: float, after: float = 0.0) -> tuple[float, str]:
-        """(arrival time, line) of the first line matching `pattern` since `after`."""
-        regex, deadline = re.compile(pattern), time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for t, line in self.lines:
-                    if t >= after and regex.search(line):
-                        return t, line
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._reader.is_alive():
-                    raise RuntimeError(f"no {pattern!r} from {self.args[:2]}:\n{self.output()}")
-                self._cond.wait(min(left, 0.5))
-
-    def finish(self, timeout: float) -> int:
-        """The exit code once it ended (its output closed), reaped by wait4 (sets cpu_s)."""
-        self._reader.join(timeout)
-        if self._reader.is_alive():
-            raise RuntimeError(f"{self.args[:2]} still running after {timeout} s:\n{self.output()}")
-        _, status, usage = os.wait4(self.proc.pid, 0)
-        self.proc.returncode = os.waitstatus_to_exitcode(status)
-        self.cpu_s = usage.ru_utime + usage.ru_stime
-        return self.proc.returncode
-
-    def cpu_now(self) -> float:
-        """CPU seconds used so far (/proc/PID/stat utime + stime)."""
-        with open(f"/proc/{self.proc.pid}/stat", encoding="ascii") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def hub_run(n: int, tmp: str, hub_args: Sequence[str], worker_args: Sequence[str],
@@ -108,7 +52,7 @@ def hub_run(n: int, tmp: str, hub_args: Sequence[str], worker_args: Sequence[str
     try:
         for i in range(n):
             args = ["worker", "--hub", endpoint, "--name", f"w{i + 1}", "--timeout", "60"]
-            workers.append(Proc([*args, *worker_args], tmp, worker_env))
+            workers.append(Program([*args, *worker_args], cwd=tmp, env=worker_env))
         # A worker connects to the free port once its engine is built; closed, ZeroMQ retries every
         # 100 ms, READY queued until the hub answers (--timeout 60): all join as the hub starts.
         listener.settimeout(180)  # the real engine's build on a busy machine
@@ -116,16 +60,16 @@ def hub_run(n: int, tmp: str, hub_args: Sequence[str], worker_args: Sequence[str
             conn.close()
         path = os.path.join(tmp, "summary.json")
         args = [a.replace("{hub}", endpoint) for a in hub_args]
-        hub = Proc([*args, "--metrics-interval", "0", "--summary-json", path], tmp)
+        hub = Program([*args, "--metrics-interval", "0", "--summary-json", path], cwd=tmp)
         t_start = hub.wait_for(r"depthstream: \d+ stream", 120)[0]
         startup = [p.cpu_now() for p in (hub, *workers)]  # frames flow from here on
         joined = max(hub.wait_for(rf"worker w{i + 1} joined", 60)[0] for i in range(n))
         extra = during(hub, workers) if during else {}
-        if hub.finish(600) != 0:
-            raise RuntimeError(f"hub failed:\n{hub.output()}")
+        if hub.wait(600) != 0:
+            raise RuntimeError(f"hub failed:\n{hub.output}")
         for w in workers:
             os.kill(w.proc.pid, signal.SIGTERM)  # the killed one is a zombie until reaped
-            w.finish(30)
+            w.wait(30)
         with open(path, encoding="utf-8") as f:
             s = json.load(f)
         if s["outcome"] != "finished" or sum(s["frames"].values()) != expect:
@@ -133,9 +77,7 @@ def hub_run(n: int, tmp: str, hub_args: Sequence[str], worker_args: Sequence[str
     finally:
         listener.close()
         for p in [*workers, *([hub] if hub else [])]:
-            if p.proc.poll() is None:  # an error on the way: nothing is left running
-                p.proc.kill()
-                p.proc.wait(10)
+            p.close()  # after an error on the way: nothing is left running
     cpu = [p.cpu_s - c for p, c in zip((hub, *workers), startup)]
     stages = 1000 * sum(v["cpu_s"] for v in s["stages"].values()) / expect
     return {"workers": n, "frames": expect, "fps": s["fps"], "running_s": s["running_s"],
@@ -267,11 +209,11 @@ def fault_run(clip: str, frames: int, after: int, sig: int | None, tmp: str) -> 
                         "outputs": {"zmq": {"endpoint": publish, "wait_subscribers": 1,
                                             "hwm": 10_000}}}, f)  # fmt: skip
 
-    def inject(hub: Proc, workers: list[Proc]) -> dict:
+    def inject(hub: Program, workers: list[Program]) -> dict:
         if sig is None:
             return {}
         if not enough.wait(60):
-            raise RuntimeError(f"no {after} results:\n{hub.output()}")
+            raise RuntimeError(f"no {after} results:\n{hub.output}")
         os.kill(workers[1].proc.pid, sig)
         t_sig = time.monotonic()
         t_lost, line = hub.wait_for(r"worker w2 lost", 30, after=t_sig)

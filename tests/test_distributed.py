@@ -22,8 +22,8 @@ import yaml
 from glpn.testing import write_clip
 from pipeline import curve
 from pipeline.client import DepthSubscriber
+from pipeline.testing import Program
 from tests.pipeline_helpers import free_port
-from tests.process_helpers import Program
 
 FRAMES = 48
 H, W = 96, 128

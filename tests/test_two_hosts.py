@@ -19,7 +19,7 @@ import yaml
 
 from glpn.testing import write_clip
 from pipeline import curve
-from tests.process_helpers import Program
+from pipeline.testing import Program
 
 FRAMES = 40
 H, W = 96, 128
