@@ -6,7 +6,8 @@ stage's high-water mark instead (backpressure).
 
 A source that does not open, or opens and gives no frame, is a SourceError at once: there is nothing
 to reconnect to. A live camera or URL that fails after it delivered is reopened with exponential
-backoff. Cameras and URLs open in a helper thread (`_Opening`), so that a stop never waits for one.
+backoff. Cameras and URLs open in a helper thread (`_Opening`), so that a stop never waits for one;
+a URL read through PyAV is also interrupted then (source_av.py), so its connection closes at once.
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class _Opening:
     OpenCV cannot interrupt an open: a URL's blocks in FFmpeg for up to `open_timeout_s`. The stage
     polls `signal` together with its control socket, so a stop does not wait for the open; it
     `abandon()`s it instead. The helper then closes whatever it opens when its call returns (within
-    the open timeout, plus at most 2 s to tell why it failed). It is a daemon thread, so that the
+    the open timeout, plus at most 2 s to tell why it failed; a PyAV open returns at once, as
+    `abandon()` sets its `cancel`). It is a daemon thread, so that the
     interpreter does not wait for it; but see `_wait_for_abandoned_opens` at exit.
     """
 
@@ -178,6 +180,7 @@ class _Opening:
         self.deadline = time.monotonic() + source.open_timeout_s + 3.0  # + probe, + slack
         self.reader: VideoReader | ImageReader | None = None
         self.error: BaseException | None = None
+        self.cancel = threading.Event()  # set by abandon(): ends a PyAV open (not OpenCV's)
         self.signal, self._done = socket.socketpair()  # stage thread's end, helper's end
         self._lock = threading.Lock()  # orders the helper's hand-over against abandon()
         self._finished = False
@@ -190,7 +193,7 @@ class _Opening:
     def _run(self, source: SourceConfig, kind: str) -> None:
         reader, error = None, None
         try:
-            reader = open_reader(source, kind)
+            reader = open_reader(source, kind, self.cancel)
         except BaseException as e:  # raised again in the stage thread
             error = e
         with self._lock:
@@ -215,6 +218,7 @@ class _Opening:
 
     def abandon(self) -> None:
         """Leave the open to the helper thread, which closes what it opens."""
+        self.cancel.set()
         with self._lock:
             self._abandoned = True
             if self.reader is not None:  # done, but not collected

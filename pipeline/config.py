@@ -24,8 +24,10 @@ from .config_checks import (  # noqa: F401 (some only re-exported)
     MAX_SECONDS,
     MAX_SOURCES,
     MIN_FPS,
+    RTSP_TRANSPORTS,
     SOURCE_KINDS,
     SOURCE_MODES,
+    SOURCE_READERS,
     TRANSPORTS,
     _check_camera,
     _check_size,
@@ -85,6 +87,8 @@ class SourceConfig:
     camera_size: tuple[int, int] | None = None  # camera resolution to ask for (h, w); None: default
     open_timeout_s: float = 5.0  # URL open timeout (FFmpeg); a stop does not wait for it
     read_timeout_s: float = 1.0  # URL read timeout; a longer stall is a failure (reconnect)
+    reader: str = "auto"  # what reads a URL: auto (PyAV if installed, else OpenCV) | opencv | pyav
+    rtsp_transport: str = "auto"  # rtsp:// through PyAV: auto (FFmpeg's choice) | tcp | udp
     reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)  # live sources only
     intrinsics: tuple[float, float, float, float] | None = (
         None  # fx, fy, cx, cy in pixels at the source resolution
@@ -105,6 +109,10 @@ class SourceConfig:
                  f"{_short(self.kind)} is not one of {SOURCE_KINDS}")  # fmt: skip
         _require(self.mode in SOURCE_MODES, "mode",
                  f"{_short(self.mode)} is not one of {SOURCE_MODES}")  # fmt: skip
+        _require(self.reader in SOURCE_READERS, "reader",
+                 f"{_short(self.reader)} is not one of {SOURCE_READERS}")  # fmt: skip
+        _require(self.rtsp_transport in RTSP_TRANSPORTS, "rtsp_transport",
+                 f"{_short(self.rtsp_transport)} is not one of {RTSP_TRANSPORTS}")  # fmt: skip
         _check_size(self.input_size, "input_size")
         _in_range(self.fps, "fps", MIN_FPS, MAX_FPS)
         _in_range(self.max_frames, "max_frames", 1, 10**9)

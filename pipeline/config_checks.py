@@ -13,6 +13,8 @@ from .limits import MAX_IMAGE_SIDE, MAX_INPUT_SIDE
 
 SOURCE_KINDS = ("auto", "camera", "file", "url", "images", "external")
 SOURCE_MODES = ("auto", "live", "lossless")
+SOURCE_READERS = ("auto", "opencv", "pyav")  # what reads a URL; auto: PyAV when installed
+RTSP_TRANSPORTS = ("auto", "tcp", "udp")  # FFmpeg's rtsp_transport; auto: its own choice
 TRANSPORTS = ("inproc", "ipc", "tcp")
 FILE_LAYOUTS = ("per_stream", "flat")
 RECORD_IMAGES = ("none", "view", "input")  # the colourised view | the input frame

@@ -1,13 +1,28 @@
-"""Per-stage counters and latency percentiles, written by one stage thread and read by anyone."""
+"""Per-stage counters, latency percentiles and latency histograms, written by one stage thread
+and read by anyone.
+
+Two views of the same latencies: percentiles over the last `window` items (the status line, the
+summary) and cumulative histograms since the start (Prometheus: rates and quantiles over any range
+come from bucket counts that only grow; a window of samples cannot give them).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter, deque
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
+
+# Upper bounds (seconds, inclusive: a bucket counts values <= its bound) of the latency histogram
+# buckets, Prometheus' defaults widened to 0.5 ms .. 60 s; values above 60 s are only in the count.
+BUCKETS_S = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -23,11 +38,43 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+class Histogram:
+    """Counts of observed values per bucket, their sum and their count, since the start.
+
+    Not locked: StageMetrics observes and reads it under its own lock.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS_S) -> None:
+        if any(a >= b for a, b in zip(bounds, bounds[1:])):
+            raise ValueError(f"histogram bounds must increase: {bounds}")
+        self.bounds = bounds
+        self._counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last: above them all
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float, n: int = 1) -> None:
+        """`n` observations of `value`."""
+        self._counts[bisect_left(self.bounds, value)] += n  # the first bound >= value
+        self.sum += value * n
+        self.count += n
+
+    def snapshot(self) -> dict[str, Any]:
+        """buckets: the upper bounds; counts: cumulative, values <= each bound (Prometheus' `le`);
+        count: all values (the +Inf bucket); sum: of all values."""
+        return {
+            "buckets": list(self.bounds),
+            "counts": list(accumulate(self._counts[:-1])),
+            "sum": self.sum,
+            "count": self.count,
+        }
+
+
 class StageMetrics:
-    """What one stage did: items in/out, drops by reason, malformed messages, latency samples.
+    """What one stage did: items in/out, drops by reason, malformed messages, latency samples and
+    histograms.
 
     Only the owning stage thread writes; `snapshot()` may be called from any thread (a lock guards
-    the sample windows, counters are plain ints).
+    the sample windows and the histograms, counters are plain ints).
     """
 
     def __init__(self, name: str, window: int = 4096) -> None:
@@ -45,6 +92,8 @@ class StageMetrics:
         self._latency: deque[float] = deque(maxlen=window)  # ms of work per item
         self._e2e: deque[float] = deque(maxlen=window)  # ms from capture to this stage (sinks)
         self._wait: deque[float] = deque(maxlen=window)  # ms items waited before this stage
+        # The same three, in seconds, since the start (snapshot()["histograms"]).
+        self._histograms = {"latency": Histogram(), "wait": Histogram(), "e2e": Histogram()}
         self._t_first: float | None = None
         self._t_last: float | None = None
 
@@ -54,6 +103,7 @@ class StageMetrics:
         with self._lock:
             for _ in range(n):
                 self._latency.append(ms)
+            self._histograms["latency"].observe(ms / 1000, n)
             if self._t_first is None:
                 self._t_first = now - ms / 1000
             self._t_last = now
@@ -62,19 +112,29 @@ class StageMetrics:
     def record_wait(self, ms: float) -> None:
         with self._lock:
             self._wait.append(ms)
+            self._histograms["wait"].observe(ms / 1000)
 
     def record_e2e(self, ms: float) -> None:
         with self._lock:
             self._e2e.append(ms)
+            self._histograms["e2e"].observe(ms / 1000)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] += n
 
     def snapshot(self) -> dict[str, Any]:
+        """Counters; percentiles (ms) over the window: latency_ms, and wait_ms / e2e_ms once
+        recorded; histograms (seconds, see Histogram.snapshot): latency, and wait / e2e once
+        recorded."""
         with self._lock:
             lat = list(self._latency)
             e2e = list(self._e2e)
             wait = list(self._wait)
+            histograms = {
+                key: h.snapshot()
+                for key, h in self._histograms.items()
+                if key == "latency" or h.count
+            }
             t0, t1 = self._t_first, self._t_last
         drops, events = dict(self.drops), dict(self.events)  # copies: the stage keeps counting
         gauges = dict(self.gauges)
@@ -100,4 +160,5 @@ class StageMetrics:
             out["events"] = events
         if gauges:
             out["gauges"] = gauges
+        out["histograms"] = histograms
         return out

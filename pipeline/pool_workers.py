@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import messages
-from .metrics import percentiles
+from .metrics import Histogram, percentiles
 
 WORKER_BATCH_MAX = 64  # frames per batch a worker may ask for (its READY batch is capped here)
 WORKER_CREDIT_MAX = 4  # batches a worker may hold at once: bounds the frames one peer pins here
@@ -72,6 +72,7 @@ class WorkerEntry:
     inflight: dict[int, Batch] = field(default_factory=dict)
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     engine_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    histogram: Histogram = field(default_factory=Histogram)  # every batch's round trip, seconds
 
     @property
     def active(self) -> bool:
@@ -162,6 +163,7 @@ class Registry:
             w.batches += 1
             w.latency.append(rtt_ms)
             w.engine_ms.append(engine_ms)
+            w.histogram.observe(rtt_ms / 1000)
 
     def failed(self, w: WorkerEntry) -> None:
         w.failures += 1
@@ -197,6 +199,7 @@ class Registry:
                     "in_flight": len(w.inflight),
                     "latency_ms": percentiles(list(w.latency)),  # hub: batch sent -> result
                     "engine_ms": percentiles(list(w.engine_ms)),  # as the worker measured it
+                    "latency_histogram": w.histogram.snapshot(),  # seconds, every batch
                 }  # fmt: skip
                 for w in entries
             ]

@@ -8,9 +8,9 @@ the summary do. Names follow Prometheus' conventions (base unit seconds, counter
     depthstream_stage_dropped_total{stage,reason}    frames dropped on purpose (live mode, ...)
     depthstream_stage_events_total{stage,event}      reconnects and other notable things
     depthstream_stage_queue_depth{stage}             messages waiting for the stage + held in it
-    depthstream_stage_latency_seconds{stage,quantile}   work per item: 0.5, 0.95, 1 (= max)
-    depthstream_stage_wait_seconds{stage,quantile}      time items waited before the stage
-    depthstream_end_to_end_latency_seconds{quantile}    capture -> depth ready for the sinks
+    depthstream_stage_latency_seconds{stage}         histogram: work per item
+    depthstream_stage_wait_seconds{stage}            histogram: time items waited before the stage
+    depthstream_end_to_end_latency_seconds           histogram: capture -> depth ready for the sinks
     depthstream_frames_captured_total{stream}, depthstream_frames_delivered_total{stream}
     depthstream_stage_<gauge>{stage}                 levels the stages keep (subscribers, ...)
     depthstream_engine_info{backend,precision,device} 1, depthstream_startup_seconds
@@ -19,9 +19,10 @@ the summary do. Names follow Prometheus' conventions (base unit seconds, counter
     depthstream_worker_in_flight{worker}             batches sent to it, not yet answered
     depthstream_worker_latency_seconds{worker,quantile}  batch sent -> result (0.5, 0.95, 1)
 
-The quantiles are gauges, not a histogram: the stages keep their latencies as percentiles over
-their last `metrics.window` items (as a client_golang summary keeps a sliding window), and no
-cumulative bucket counts; a histogram here would be a second bookkeeping of every item.
+The three latencies are histograms (_bucket{le}, _sum, _count since the start; bounds in
+pipeline.metrics.BUCKETS_S, 0.5 ms .. 60 s), which each stage counts as it records a latency, so
+quantiles over any range come from histogram_quantile() on the server. The worker latency stays
+gauges over each worker's last batches (its registry keeps a window, no buckets).
 
 The server is prometheus-client's WSGI app on the standard library's threading WSGI server, made
 here rather than with `start_http_server` (which since 0.20 also returns (server, thread)): its
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from .errors import ConfigError, EndpointError
+from .metrics import Histogram
 
 if TYPE_CHECKING:
     from .runner import Pipeline
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRICS_INSTALL = "pip install depthstream[metrics]"
-QUANTILES = (("0.5", "p50"), ("0.95", "p95"), ("1", "max"))  # label -> percentiles() key
 POLL_S = 0.05  # how often the server thread looks for close(): what a pipeline end waits at most
 CLIENT_TIMEOUT_S = 5.0  # a scraper silent this long is cut off (close() joins its thread)
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
@@ -72,7 +73,12 @@ class PipelineCollector:
         self._engine: dict[str, str] | None = None  # kept: the stage drops its engine at the end
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
 
         stages = self.pipe.metrics()  # one snapshot per stage, in flow order
         by_name = {s.name: s for s in self.pipe.stages}
@@ -100,13 +106,12 @@ class PipelineCollector:
             "stage_queue_depth", "Messages sent to the stage not yet taken, plus held in it.",
             ["stage"],
         )  # fmt: skip
-        latency = gauge(
-            "stage_latency_seconds", "Work per item over the stage's last metrics.window items.",
-            ["stage", "quantile"],
-        )  # fmt: skip
-        wait = gauge(
-            "stage_wait_seconds", "Time items waited before the stage (last metrics.window).",
-            ["stage", "quantile"],
+        latency = HistogramMetricFamily(
+            "depthstream_stage_latency_seconds", "Work per item.", labels=["stage"]
+        )
+        wait = HistogramMetricFamily(
+            "depthstream_stage_wait_seconds", "Time items waited before the stage.",
+            labels=["stage"],
         )  # fmt: skip
         levels: dict[str, Any] = {}
         for stage, s in stages.items():
@@ -117,9 +122,10 @@ class PipelineCollector:
             for event, n in s.get("events", {}).items():
                 events.add_metric([stage, event], n)
             queue.add_metric([stage], s["queue"])
-            _quantiles(latency, [stage], s["latency_ms"])
-            if "wait_ms" in s:
-                _quantiles(wait, [stage], s["wait_ms"])
+            histograms = s["histograms"]
+            _histogram(latency, [stage], histograms["latency"])
+            if "wait" in histograms:  # a stage that records no wait (capture) has none
+                _histogram(wait, [stage], histograms["wait"])
             for name, value in s.get("gauges", {}).items():
                 metric = f"stage_{_NAME.sub('_', name)}"
                 if metric not in levels:
@@ -128,13 +134,12 @@ class PipelineCollector:
         yield from counts.values()
         yield from (dropped, events, queue, latency, wait, *levels.values())
 
-        e2e = gauge(
-            "end_to_end_latency_seconds",
-            "Capture to depth ready for the sinks, over the sink's last metrics.window frames.",
-            ["quantile"],
+        e2e = HistogramMetricFamily(
+            "depthstream_end_to_end_latency_seconds", "Capture to depth ready for the sinks."
         )
-        if "e2e_ms" in stages.get("sink", {}):
-            _quantiles(e2e, [], stages["sink"]["e2e_ms"])
+        if "sink" in stages:  # zeros until the first frame, so rate() has a start
+            histograms = stages["sink"]["histograms"]
+            _histogram(e2e, [], histograms.get("e2e") or Histogram().snapshot())
         yield e2e
         captured = counter("frames_captured", "Frames read from each source.", ["stream"])
         for stream in self.pipe.streams:
@@ -171,7 +176,11 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
     """Per-worker metrics of the worker pool (Summary.workers rows), labelled by worker name."""
     if not workers:
         return
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+    )
 
     from .pool_workers import STATES
 
@@ -190,9 +199,9 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
         "depthstream_worker_in_flight", "Batches sent to the worker, not yet answered.",
         labels=["worker"],
     )  # fmt: skip
-    latency = GaugeMetricFamily(
-        "depthstream_worker_latency_seconds", "Batch sent -> result, last batches of the worker.",
-        labels=["worker", "quantile"],
+    latency = HistogramMetricFamily(
+        "depthstream_worker_latency_seconds", "Batch sent -> result, every batch of the worker.",
+        labels=["worker"],
     )  # fmt: skip
     for w in workers:
         for key, family in counts.items():
@@ -200,13 +209,16 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Any]:
         for s in STATES:
             state.add_metric([w["name"], s], int(w["state"] == s))
         in_flight.add_metric([w["name"]], w["in_flight"])
-        _quantiles(latency, [w["name"]], w["latency_ms"])
+        _histogram(latency, [w["name"]], w["latency_histogram"])
     yield from (*counts.values(), state, in_flight, latency)
 
 
-def _quantiles(family: Any, labels: list[str], ms: dict[str, float]) -> None:
-    for quantile, key in QUANTILES:
-        family.add_metric([*labels, quantile], ms[key] / 1000)
+def _histogram(family: Any, labels: list[str], h: dict[str, Any]) -> None:
+    """One histogram (a Histogram.snapshot()) into a HistogramMetricFamily."""
+    from prometheus_client.utils import floatToGoString  # how prometheus-client writes `le`
+
+    buckets = [(floatToGoString(b), n) for b, n in zip(h["buckets"], h["counts"])]
+    family.add_metric(labels, [*buckets, ("+Inf", h["count"])], h["sum"])
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):

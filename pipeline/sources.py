@@ -1,5 +1,7 @@
 """Frame sources: cameras, video files, network streams (OpenCV FFmpeg), image dirs and globs.
 
+Network streams are read through PyAV instead when it is installed (source_av.py; `reader`).
+
 A reader yields BGR uint8 frames with their position in the source; it never invents frames: a
 failed read is the end (files) or a failure the capture stage reconnects from (live sources that
 have delivered). A source that cannot be opened is a SourceError saying why, in one line: OpenCV
@@ -19,13 +21,16 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from .config import SourceConfig
 from .errors import SourceError
+
+if TYPE_CHECKING:
+    from .source_av import PyAVReader
 
 IMAGE_EXTENSIONS = (
     ".png",
@@ -66,6 +71,9 @@ def resolve_mode(source: SourceConfig, kind: str) -> str:
 def check_source(source: SourceConfig) -> None:
     """Fail early, with one line, for a file source that does not exist (before threads start)."""
     kind = resolve_kind(source)
+    from .source_av import check_reader  # it imports this module
+
+    check_reader(source, kind)  # reader / rtsp_transport this source cannot have: ConfigError
     path = _file_path(source.uri)
     if kind == "file" and not os.path.isfile(path):
         raise SourceError(f"source {source.id}: video file not found: {path}")
@@ -296,10 +304,17 @@ def _common_folder(files: list[str]) -> str:
     return os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
 
 
-def open_reader(source: SourceConfig, kind: str) -> VideoReader | ImageReader:
-    """Open a source; SourceError (naming it) if it cannot be opened."""
+def open_reader(
+    source: SourceConfig, kind: str, cancel: threading.Event | None = None
+) -> VideoReader | ImageReader | PyAVReader:
+    """Open a source; SourceError (naming it) if it cannot be opened. `cancel`, set from another
+    thread, ends a URL's open at once where PyAV reads it (OpenCV's open cannot be interrupted)."""
+    from .source_av import PyAVReader, use_pyav  # it imports this module
+
     if kind == "images":
         return ImageReader(source)
+    if use_pyav(source, kind):
+        return PyAVReader(source, cancel)
     if kind in ("camera", "url", "file"):
         return VideoReader(source, kind)
     raise SourceError(f"source kind {kind!r} has no reader")

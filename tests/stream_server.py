@@ -60,6 +60,10 @@ factory.set_launch(
     f"height={height},framerate={fps} ! jpegenc ! rtpjpegpay name=pay0 pt=96 )"
 )
 factory.set_shared(True)
+if sys.argv[5:] == ["tcp"]:  # RTP interleaved in the RTSP connection only: UDP setups are refused
+    gi.require_version("GstRtsp", "1.0")
+    from gi.repository import GstRtsp
+    factory.set_protocols(GstRtsp.RTSPLowerTrans.TCP)
 server = GstRtspServer.RTSPServer()
 server.set_address("127.0.0.1")
 server.set_service(port)
@@ -213,3 +217,14 @@ class StreamServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class TcpOnlyRtspServer(StreamServer):
+    """GStreamer's RTSP server (as StreamServer's rtsp) serving RTP interleaved in the RTSP
+    connection (RTSP over TCP) only: a client asking for RTP over UDP is refused at SETUP."""
+
+    def __init__(self, clip: str, port: int | None = None) -> None:
+        super().__init__(clip, port, protocol="rtsp")
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "tcp"]

@@ -1,4 +1,5 @@
-"""glpn.metrics: expected values worked out by hand from the definitions, not from the code."""
+"""glpn.metrics: expected values worked out by hand from the definitions, not from the code;
+pipeline.metrics: the stages' latency histograms counted against numpy's histogram."""
 
 import math
 
@@ -8,6 +9,10 @@ import torch
 
 from glpn.gate import GATE, Gate
 from glpn.metrics import DepthError, depth_error, depth_metrics, eval_mask
+from pipeline.metrics import Histogram, StageMetrics
+
+# The documented bucket bounds (seconds, README), then +Inf.
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
 def test_uniform_ten_percent_overestimate():
@@ -91,3 +96,63 @@ def test_depth_error_and_gate():
     assert GATE.check(DepthError(0.001, 0.01, 0.001, 0.005, 0.01, True))[0]
     with pytest.raises(ValueError, match="positive"):
         depth_error(np.ones(2), np.array([1.0, 0.0]))
+
+
+def numpy_cumulative(seconds: np.ndarray) -> list[int]:
+    """Values <= each bound: np.histogram's bins are [a, b) (the last [a, b]), Prometheus' are
+    (a, b], so count the negated values in the bins [-b, -a) from the top."""
+    edges = [-np.inf, *(-b for b in reversed(BOUNDS)), np.inf]  # [-inf, -60), ..., [-0.0005, inf]
+    per_bin, _ = np.histogram(-seconds, bins=edges)
+    # per_bin[0] counts values above 60 s; per_bin[k] values in (BOUNDS[-k-1], BOUNDS[-k]].
+    return np.cumsum(per_bin[::-1])[: len(BOUNDS)].tolist()
+
+
+def test_stage_histograms_count_every_latency_like_numpy():
+    rng = np.random.default_rng(14)
+    # Log-uniform from 0.01 ms to 200 s: every bucket gets values, some go past 60 s; plus each
+    # bound exactly (a bucket holds its bound) and a few zero waits.
+    spread = np.exp(rng.uniform(np.log(0.01), np.log(200_000), 2000))
+    latency = np.concatenate([spread, np.asarray(BOUNDS) * 1000])
+    wait = np.concatenate([spread[::-1] / 7, np.zeros(5)])
+    e2e = spread[:300] * 3
+    m = StageMetrics("stage", window=16)  # the histograms keep everything, the window does not
+    snap = m.snapshot()
+    assert set(snap["histograms"]) == {"latency"}  # wait and e2e only once recorded
+    assert snap["histograms"]["latency"]["count"] == 0
+    assert snap["histograms"]["latency"]["counts"] == [0] * len(BOUNDS)
+    for ms in latency:
+        m.record(float(ms))
+    m.record(3.0, n=4)  # a batch of 4: 3 ms each
+    for ms in wait:
+        m.record_wait(float(ms))
+    for ms in e2e:
+        m.record_e2e(float(ms))
+
+    snap = m.snapshot()
+    hist = snap["histograms"]
+    latency = np.concatenate([latency, [3.0] * 4])
+    for key, ms in (("latency", latency), ("wait", wait), ("e2e", e2e)):
+        h = hist[key]
+        seconds = ms / 1000
+        assert h["buckets"] == list(BOUNDS), key
+        assert h["counts"] == numpy_cumulative(seconds), key
+        assert h["count"] == len(ms), key
+        assert h["sum"] == pytest.approx(seconds.sum(), rel=1e-12), key
+    assert hist["latency"]["count"] == snap["processed"]
+    assert hist["latency"]["counts"][-1] < snap["processed"]  # some took longer than 60 s
+    # The window's percentiles are still there, over the last 16 items only.
+    for key, ms in (("latency_ms", latency), ("wait_ms", wait), ("e2e_ms", e2e)):
+        assert snap[key]["max"] == round(ms[-16:].max(), 3), key
+
+
+def test_a_histogram_bucket_holds_values_up_to_its_bound():
+    h = Histogram((0.001, 0.01))
+    for value in (-1.0, 0.0, 0.001, 0.0010001, 0.01, 0.02):
+        h.observe(value)
+    h.observe(0.005, n=3)
+    snap = h.snapshot()
+    assert snap["counts"] == [3, 8]  # <= 1 ms: -1, 0, 0.001; <= 10 ms: and 0.0010001, 0.01, 3 x
+    assert snap["count"] == 9  # and 0.02 (+Inf)
+    assert snap["sum"] == pytest.approx(-1 + 0.001 + 0.0010001 + 0.01 + 0.02 + 3 * 0.005)
+    with pytest.raises(ValueError, match="increase"):
+        Histogram((0.01, 0.001))

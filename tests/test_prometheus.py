@@ -3,11 +3,13 @@ prometheus_client's own text parser (what a Prometheus server reads).
 
 Frames come from an external source the test feeds, so the test decides when frames flow: after
 it fed N frames and the sink delivered them, nothing moves, and the scrape must show exactly what
-Pipeline.metrics() shows.
+Pipeline.metrics() shows. The latency histograms are checked against the timings the delivered
+frames carry in their headers (stage_ms, wait_ms, latency_ms): what each stage measured.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 import subprocess
 import sys
@@ -32,19 +34,64 @@ parser = pytest.importorskip("prometheus_client.parser")
 
 H, W, FRAMES = 48, 64, 5
 DEADLINE_S = 120.0  # generous: 2 shared cores; every wait ends as soon as its event happens
+# The documented bucket bounds (seconds, README): 0.5 ms .. 60 s, then +Inf.
+BOUNDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HEADER_MS = 0.0005  # the headers' timings are rounded to 3 decimals of a millisecond
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """(sample name, sorted labels) -> value, from one HTTP GET of the endpoint."""
+def scrape_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=30) as response:
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
+        return response.read().decode()
+
+
+def samples(text: str) -> Samples:
+    """(sample name, sorted labels) -> value."""
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in parser.text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def scrape(url: str) -> Samples:
+    """(sample name, sorted labels) -> value, from one HTTP GET of the endpoint."""
+    return samples(scrape_text(url))
+
+
+def histogram(
+    got: Samples, name: str, **labels: str
+) -> tuple[list[tuple[float, float]], float, float]:
+    """One histogram's (le, cumulative count) in le order, its _sum and _count."""
+    key = tuple(sorted(labels.items()))
+    buckets = sorted(
+        (float(dict(lab)["le"]), value)
+        for (sample, lab), value in got.items()
+        if sample == f"{name}_bucket" and tuple(kv for kv in lab if kv[0] != "le") == key
+    )
+    return buckets, got[(f"{name}_sum", key)], got[(f"{name}_count", key)]
+
+
+def check_histogram(
+    got: Samples, name: str, ms: list[float], *, tol_ms: float, **labels: str
+) -> None:
+    """The histogram `name` counted exactly the values `ms` (milliseconds), known to `tol_ms`:
+    cumulative monotone buckets at the documented bounds, +Inf = _count = len(ms), each bucket
+    holds the values <= its bound, _sum their sum."""
+    buckets, total, count = histogram(got, name, **labels)
+    assert [le for le, _ in buckets] == [*BOUNDS, math.inf], (name, labels)
+    counts = [n for _, n in buckets]
+    assert counts == sorted(counts), (name, labels, counts)  # cumulative
+    assert counts[-1] == count == len(ms), (name, labels)
+    tol_s = tol_ms / 1000 + 1e-12
+    for le, n in buckets[:-1]:
+        surely = sum(v / 1000 <= le - tol_s for v in ms)  # values this close to a bound may
+        maybe = sum(v / 1000 <= le + tol_s for v in ms)  # have been rounded across it
+        assert surely <= n <= maybe, (name, labels, le, n, sorted(ms))
+    assert total == pytest.approx(sum(ms) / 1000, rel=1e-9, abs=len(ms) * tol_s), (name, labels)
 
 
 def refused(url: str) -> bool:
@@ -68,7 +115,10 @@ def external_config(port: int | None = 0) -> dict:
 
 
 def test_a_scrape_during_the_run_shows_what_the_pipeline_measured(tiny_checkpoint):
-    pipe = Pipeline(external_config(), engine_factory=eager_factory(tiny_checkpoint)).start()
+    results = []  # the delivered frames, with the timings each stage stamped in their headers
+    pipe = Pipeline(
+        external_config(), engine_factory=eager_factory(tiny_checkpoint), on_result=results.append
+    ).start()
     url = pipe.endpoints["metrics"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
     assert not url.endswith(":0/metrics")  # the port it got, not the 0 asked for
@@ -77,13 +127,18 @@ def test_a_scrape_during_the_run_shows_what_the_pipeline_measured(tiny_checkpoin
         for i in range(FRAMES):
             sender.send(frame_at(i, H, W))
         wait_until(lambda: pipe.metrics()["sink"]["sent"] == FRAMES, DEADLINE_S, "the frames")
-        got = scrape(url)  # frames stopped flowing: nothing changes between these two reads
+        text = scrape_text(url)  # frames stopped flowing: nothing changes between these two reads
         stages = pipe.metrics()
     finally:
         sender.close()  # ends the stream
     summary = pipe.join(timeout=DEADLINE_S)
     assert summary.outcome == "finished"
 
+    got = samples(text)
+    types = {f.name: f.type for f in parser.text_string_to_metric_families(text)}
+    for name in ("stage_latency_seconds", "stage_wait_seconds", "end_to_end_latency_seconds"):
+        assert types[f"depthstream_{name}"] == "histogram", name
+    assert len(results) == FRAMES
     assert got[("depthstream_frames_delivered_total", (("stream", "cam"),))] == FRAMES
     assert set(stages) == {"preprocess", "inference", "postprocess", "sink"}
     for stage, s in stages.items():
@@ -91,17 +146,25 @@ def test_a_scrape_during_the_run_shows_what_the_pipeline_measured(tiny_checkpoin
         for key in ("received", "processed", "sent", "malformed"):
             assert got[(f"depthstream_stage_{key}_total", label)] == s[key], (stage, key)
         assert got[("depthstream_stage_queue_depth", label)] == s["queue"] == 0
-        for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("1", "max")):
-            labels = (("quantile", quantile), ("stage", stage))
-            assert got[("depthstream_stage_latency_seconds", labels)] == pytest.approx(
-                s["latency_ms"][key] / 1000, rel=1e-12
+        # Every stage waited before each frame: the waits in the headers are what it recorded.
+        waits = [r.wait_ms[stage] for r in results]
+        check_histogram(got, "depthstream_stage_wait_seconds", waits, tol_ms=0, stage=stage)
+        if stage == "sink":  # its work (the sinks' writes) is timed after its header is made
+            buckets, total, count = histogram(got, "depthstream_stage_latency_seconds", stage=stage)
+            assert count == s["processed"] == FRAMES and buckets[-1] == (math.inf, FRAMES)
+            worst = s["latency_ms"]["max"] / 1000  # all FRAMES are in the window
+            assert worst - HEADER_MS / 1000 <= total <= FRAMES * worst + HEADER_MS / 1000
+        else:
+            work = [r.stage_ms[stage] for r in results]
+            check_histogram(
+                got, "depthstream_stage_latency_seconds", work, tol_ms=HEADER_MS, stage=stage
             )
+            assert len(work) == s["processed"]
     assert stages["sink"]["processed"] == FRAMES and stages["sink"]["latency_ms"]["max"] > 0
-    e2e = stages["sink"]["e2e_ms"]
-    assert got[("depthstream_end_to_end_latency_seconds", (("quantile", "0.95"),))] == (
-        pytest.approx(e2e["p95"] / 1000, rel=1e-12)
-    )
-    assert e2e["p95"] > 0
+    e2e = [r.latency_ms for r in results]
+    check_histogram(got, "depthstream_end_to_end_latency_seconds", e2e, tol_ms=HEADER_MS)
+    assert got[("depthstream_end_to_end_latency_seconds_count", ())] == FRAMES
+    assert min(e2e) > 0
     assert not any(name == "depthstream_stage_dropped_total" for name, _ in got)  # none dropped
     engine = (("backend", "eager"), ("device", "cpu"), ("precision", "fp32"))
     assert got[("depthstream_engine_info", engine)] == 1
