@@ -21,7 +21,7 @@ import re
 import threading
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 import zmq.auth
@@ -49,7 +49,7 @@ class Keys:
     """Raw key material (z85 bytes), for links whose keys are not files (per-run keys)."""
 
     public: bytes
-    secret: bytes
+    secret: bytes = field(repr=False)  # never in a log line or a traceback
     allow: tuple[bytes, ...] = ()  # server side: allowed client public keys (z85)
     server: bytes = b""  # client side: the server's public key (z85)
 
@@ -156,6 +156,9 @@ def check_exposure(endpoint: str, keys: Keys | None, insecure: bool, what: str) 
 # ---- the ZAP handler, one per context ---------------------------------------------------------
 
 
+MAX_LOGGED = 1000  # refused peer addresses remembered (and logged once each); then no more lines
+
+
 class _Authenticator(ThreadAuthenticator):
     """zmq.auth's thread authenticator, with the allowed keys per ZAP domain and one log line per
     refused peer address."""
@@ -180,8 +183,8 @@ class _Authenticator(ThreadAuthenticator):
     def callback(self, domain: str, key: bytes) -> bool:  # the credentials provider
         with self._lock:
             ok = key in self._domains.get(domain, ())
-            seen = (domain, self._address) in self._refused
-            if not ok:
+            seen = (domain, self._address) in self._refused or len(self._refused) >= MAX_LOGGED
+            if not ok and not seen:
                 self._refused.add((domain, self._address))
         if not ok and not seen:
             log.warning(

@@ -78,10 +78,15 @@ def unpack_pixels(dtype: str, values: np.ndarray) -> np.ndarray:
 
 
 def _text(body: dict, key: str) -> str:
+    """A peer's string, made safe to print and log: at most _TEXT_LIMIT characters, each
+    printable (control characters, ANSI escapes and lone surrogates become "?")."""
     value = body.get(key, "")
     if not isinstance(value, str):
         raise MessageError(f"{key!r} must be a string")
-    return value[:_TEXT_LIMIT]
+    return "".join(
+        c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else "?"
+        for c in value[:_TEXT_LIMIT]
+    )
 
 
 def _int(body: dict, key: str, lo: int, hi: int) -> int:
