@@ -174,11 +174,12 @@ class PyAVReader:
         self.what = f"stream {source.uri}"
         self._cancel = cancel
         self._read_timeout_s = source.read_timeout_s
-        self.corrupt_packets = 0  # packets the decoder refused (lost datagrams), skipped
         try:
             av = import_av()
         except ImportError:
-            raise SourceError(f"cannot open stream {self.uri}: PyAV is needed: {VIDEO_INSTALL}")
+            raise SourceError(
+                f"cannot open stream {self.uri}: PyAV is needed: {VIDEO_INSTALL}"
+            ) from None
         self._av = av
         interruptible()
         t0 = time.monotonic()
@@ -245,8 +246,8 @@ class PyAVReader:
                 return None  # the end of the stream
             try:
                 self._decoded.extend(packet.decode())
-            except self._av.error.InvalidDataError:  # damaged: the next key frame repairs it
-                self.corrupt_packets += 1
+            except self._av.error.InvalidDataError:  # damaged (lost datagrams): skipped, the
+                continue  # next key frame repairs the picture
         return self._decoded.popleft()
 
     def close(self) -> None:
