@@ -5,10 +5,11 @@ pipeline.geometry.backproject (+ point_colours), the same calls PostprocessStage
 depth map with ~2% invalid pixels (the masked path) and, at stride 1, on one valid everywhere (what
 the model delivers: no pixel to leave out); then, per cloud, the PLY sink's encoding (ply_bytes),
 its whole write (PlySink.write: encode + a new file, in --dir) and the recording's PointCloud2
-(ros_msgs.point_cloud). The ray grid is cached per camera and stride, as in a run (the first call,
-which builds it, is not timed). The allocator is tuned as the program does
-(glpn.hardware.tune_cpu_allocator): untuned, each fresh multi-MB array page-faults in again and
-the stride-1 cloud takes ~4x as long. Prints a table; writes
+(ros_msgs.point_cloud); and a whole frame of the MCAP recording (RecordSink.write: depth +
+camera_info, with and without the stride-1 cloud) per chunk compression. The ray grid is cached
+per camera and stride, as in a run (the first call, which builds it, is not timed). The allocator
+is tuned as the program does (glpn.hardware.tune_cpu_allocator): untuned, each fresh multi-MB
+array page-faults in again and the stride-1 cloud takes ~4x as long. Prints tables; writes
 benchmarks/results/points_<date>_<host>.json (or --out).
 
     python benchmarks/bench_points.py [--repeats 200] [--dir DIR] [--out FILE]
@@ -29,9 +30,10 @@ import numpy as np
 from glpn.hardware import cpu_features, tune_cpu_allocator
 from glpn.testing import machine_info
 from pipeline import ros_msgs
-from pipeline.config import PointsSinkConfig
+from pipeline.config import PointsSinkConfig, RecordConfig
 from pipeline.geometry import Intrinsics, backproject, point_colours
 from pipeline.ply import PlySink, ply_bytes
+from pipeline.record_mcap import RecordSink
 from pipeline.results import DepthResult
 
 H, W = 480, 640
@@ -47,6 +49,21 @@ def timed(fn, repeats: int) -> dict[str, float]:
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     return {"median_ms": statistics.median(times), "p95_ms": times[int(0.95 * (len(times) - 1))]}
+
+
+def record_costs(folder: str, result: DepthResult, repeats: int) -> dict[str, dict]:
+    """compression -> {"depth": ..., "depth + points": ...}: RecordSink.write of one frame, ms."""
+    costs: dict[str, dict] = {}
+    for compression in ("zstd", "lz4", "none"):
+        for label, points in (("depth", False), ("depth + points", True)):
+            path = os.path.join(folder, f"{compression}-{points}.mcap")
+            sink = RecordSink(RecordConfig(path, points=points, compression=compression), ["s"])
+            costs.setdefault(compression, {})[label] = timed(
+                lambda s=sink: s.write(result), repeats
+            )
+            sink.close()
+            os.remove(path)
+    return costs
 
 
 def main() -> None:
@@ -89,6 +106,11 @@ def main() -> None:
                     "ply_write_ms": timed(lambda r=result: sink.write(r), few),
                     "pointcloud2_ms": timed(lambda r=result: ros_msgs.point_cloud(r), few),
                 })  # fmt: skip
+        camera = {"camera": cam.as_header()}
+        pts, _ = backproject(valid, cam)
+        frame = DepthResult({"stream": "s", "index": 0, "t_wall": time.time(), **camera}, valid,
+                            None, pts)  # fmt: skip
+        record = record_costs(folder, frame, few)
 
     print(f"point cloud per {H}x{W} frame ({cpu_features().summary()}, "
           f"median / p95 ms over {args.repeats}, files {few})")  # fmt: skip
@@ -100,6 +122,14 @@ def main() -> None:
             f"{r['stride']:>6} {r['depth']:>10} {str(r['colour']):>6} {r['points']:>7} "
             + " ".join(f"{c['median_ms']:>7.2f} / {c['p95_ms']:<5.2f}" for c in cells)
         )
+    print(f"\nMCAP recording, one frame (valid depth, stride-1 cloud of {len(pts)} points), ms:")
+    for compression, cost in record.items():
+        print(
+            f"{compression:>6}: "
+            + ", ".join(
+                f"{label} {c['median_ms']:.2f} / {c['p95_ms']:.2f}" for label, c in cost.items()
+            )
+        )
 
     out = args.out or os.path.join(
         RESULTS, f"points_{time.strftime('%Y%m%d-%H%M%S')}_{socket.gethostname()}.json"
@@ -107,8 +137,8 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     machine = machine_info()
     with open(out, "w", encoding="utf-8") as f:
-        json.dump({"machine": machine, "size": [H, W], "repeats": args.repeats, "rows": rows},
-                  f, indent=2)  # fmt: skip
+        json.dump({"machine": machine, "size": [H, W], "repeats": args.repeats, "rows": rows,
+                   "record_ms": record}, f, indent=2)  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -2,7 +2,7 @@
 
 A lossless clip (default 480x640) through the small default model at the clip's size, with known
 intrinsics, once per output: none, PLY point clouds (`outputs.points`, stride 1), an MCAP recording
-(depth + camera_info), an MCAP recording with point clouds (zstd, the default, and lz4), a
+(depth + camera_info), an MCAP recording with point clouds (lz4, the default, and zstd), a
 Foxglove server (no client), a Rerun file, the Prometheus endpoint scraped every second. The runs
 alternate round by round, so the machine's drift hits every output alike; the result per output is
 the median over rounds of its fps divided by the same round's fps without outputs. fps is the
@@ -43,8 +43,8 @@ def outputs(name: str, out: str) -> dict:
         "points (PLY)": {"points": {"directory": os.path.join(out, "ply")}},
         "record (MCAP)": {"record": {"path": os.path.join(out, "run.mcap")}},
         "record + points": {"record": {"path": os.path.join(out, "run.mcap"), "points": True}},
-        "record + points, lz4": {"record": {"path": os.path.join(out, "run.mcap"), "points": True,
-                                            "compression": "lz4"}},
+        "record + points, zstd": {"record": {"path": os.path.join(out, "run.mcap"), "points": True,
+                                             "compression": "zstd"}},
         "foxglove (no client)": {"foxglove": {"port": 0}},
         "rerun (file)": {"rerun": {"path": os.path.join(out, "run.rrd")}},
         SCRAPED: {},  # metrics.port instead: see run_once
@@ -70,7 +70,7 @@ def scrape_every(url: str, period_s: float, stop: threading.Event) -> threading.
 
 
 VARIANTS = (
-    "none", "points (PLY)", "record (MCAP)", "record + points", "record + points, lz4",
+    "none", "points (PLY)", "record (MCAP)", "record + points", "record + points, zstd",
     "foxglove (no client)", "rerun (file)", SCRAPED,
 )  # fmt: skip
 

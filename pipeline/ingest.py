@@ -22,7 +22,10 @@ older (at most MAX_AGE_S). `wait_ms["ingest"]` is that age: capture to arrival a
 
 Indices. A remote stream's `index` is this hub's count of the frames it received (0, 1, ...:
 consecutive even when the camera dropped frames or restarted, or this hub restarted mid-stream);
-the camera's own number is kept as `position["remote_index"]`.
+the camera's own number is kept as `position["remote_index"]`. For a lossless stream a forward
+jump of that number is frames lost on the way (a link cut for longer than the camera's retry, a
+hub restart): counted as drops "lost_in_transit" (one warning per stream); a smaller number means
+the camera restarted and counting starts over.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class IngestStage(Stage):
         self.hwm = hwm
         self.frames: dict[str, int] = {s: 0 for s in self.modes}  # decoded (numbered) per stream
         self.bytes_received = 0  # image bytes of the frames received (JPEG or raw)
+        self.remote_index: dict[str, int] = {}  # the camera's index of its last frame here
+        self._gap_warned: set[str] = set()  # streams whose lost frames were logged
 
     def setup(self) -> None:
         if not self.modes:
@@ -116,6 +121,7 @@ class IngestStage(Stage):
         self.bytes_received += sum(a.nbytes for a in msg.arrays.values())
         age = min(max(wall - h["t_wall"], 0.0), MAX_AGE_S)
         mode = self.modes[stream]
+        self._check_gap(stream, mode, h["index"])
         index = self.frames[stream]
         if index == 0:
             log.info("ingest: first frame of %s (%s, %dx%d, %s on the hub)", stream,
@@ -141,6 +147,30 @@ class IngestStage(Stage):
         self.emit(self.out[mode], messages.encode(header, {"image": image}), live=mode == "live")
 
 
+    def _check_gap(self, stream: str, mode: str, remote: int) -> None:
+        """Count the lossless frames the camera numbered but this hub never got."""
+        last = self.remote_index.get(stream)
+        self.remote_index[stream] = remote
+        if last is None or mode != "lossless":
+            return
+        if remote <= last:
+            log.info("ingest: %s restarted (its index went from %d to %d)", stream, last, remote)
+        elif remote > last + 1:
+            self.metrics.drop("lost_in_transit", remote - last - 1)
+            if stream not in self._gap_warned:
+                self._gap_warned.add(stream)
+                log.warning("ingest: %s: %d lossless frames lost on the way (camera index %d "
+                            "after %d); later gaps are only counted", stream,
+                            remote - last - 1, remote, last)  # fmt: skip
+
+
+def _text(value: str) -> str:
+    """A peer's text as the sinks can write it: UTF-8 (a lone surrogate from a file name that
+    was not UTF-8 becomes "?"), printable."""
+    text = value.encode("utf-8", "replace").decode("utf-8")
+    return text if text.isprintable() else "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _position(value: Any) -> dict[str, Any]:
     """The few short scalar entries of a peer's `position` (frame, msec, file) that travel on."""
     if not isinstance(value, dict):
@@ -150,8 +180,9 @@ def _position(value: Any) -> dict[str, Any]:
         if len(out) == _POSITION_ITEMS:
             break
         if isinstance(key, str) and len(key) <= 32 and key != "remote_index":
+            key = _text(key)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[key] = v
             elif isinstance(v, str) and len(v) <= _POSITION_TEXT:
-                out[key] = v
+                out[key] = _text(v)
     return out

@@ -12,9 +12,12 @@ batch waits at most model.max_wait_ms.
 
 Faults, as the guide's Paranoid Pirate: heartbeats both ways after heartbeat_s of silence; a worker
 silent for timeout_s (or unreachable, or saying DISCONNECT) is gone: its lossless frames go back to
-the front of the queue for another worker, its live frames are dropped (counted "worker_lost"). A
-batch a worker answers FAILED is redone once elsewhere; failing twice fails the run with the
-worker's error. Workers may join at any time (pipeline.pool_workers keeps the registry).
+the front of the queue for another worker, its live frames are dropped (counted "worker_lost"). So
+is a worker that heartbeats but returns no result for max(4 x timeout_s, 10 x its p95 round trip)
+(a hung engine; pipeline.pool_dispatch). A batch a worker answers FAILED is redone once
+elsewhere (waiting for another worker's credit rather than going back to the one it failed on);
+failing twice fails the run with the worker's error. Workers may join at any time
+(pipeline.pool_workers keeps the registry).
 
 Order (pipeline.reorder): per stream, lossless results leave in arrival order, exactly once;
 live results never go backwards. Memory is bounded by the credits given to preprocess: lossless
@@ -37,14 +40,14 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import messages, pool_protocol
+from . import messages, pool_dispatch
 from .config import Config
 from .config_network import WorkersConfig
 from .engine_spec import EngineSpec
 from .errors import MessageError, NoWorkersError, PipelineError
 from .inference import EngineFactory, check_pixels, depth_message
 from .pool_link import WorkerLink
-from .pool_protocol import BATCH, DISCONNECT, FAILED, HEARTBEAT, READY, RESULT
+from .pool_protocol import DISCONNECT, FAILED, HEARTBEAT, READY, RESULT
 from .pool_workers import Batch, Frame, WorkerEntry
 from .reorder import Reorder
 from .stage import Stage
@@ -147,7 +150,8 @@ class PoolStage(Stage):
                 self._read_frames()
             now = time.monotonic()
             self._check_workers(now)
-            self._dispatch(now)
+            pool_dispatch.check_hung(self, time.monotonic())
+            pool_dispatch.dispatch(self, now)
             self._close_streams()
             self._flush()
             self._grant()
@@ -159,9 +163,10 @@ class PoolStage(Stage):
         """Milliseconds until the next thing due: a heartbeat, a worker's timeout, a partial
         batch, the no-worker limit. None: only a message can change anything."""
         w = self.workers
-        times = [t for e in self.registry.active() for t in (e.t_sent + w.heartbeat_s,
-                                                             e.t_seen + w.timeout_s)]  # fmt: skip
-        if self.pending and self.registry.pick(self.pending[0].failed_on) is not None:
+        times = [t for e in self.registry.active()
+                 for t in (e.t_sent + w.heartbeat_s, e.t_seen + w.timeout_s,
+                           pool_dispatch.hung_deadline(self, e)) if t is not None]  # fmt: skip
+        if pool_dispatch.target(self) is not None:  # a partial batch: sent after max_wait
             times.append(self.pending[0].t_in + self.max_wait)
         if self._idle_since is not None and w.wait_s is not None:
             times.append(self._idle_since + w.wait_s)
@@ -201,10 +206,9 @@ class PoolStage(Stage):
 
     def _want(self) -> int:
         """Credits preprocess should get now (see the module docstring)."""
+        room = self.registry.capacity() + self.max_batch - self._held()  # results waiting too
         if self.live:
-            room = self.registry.free_frames() - len(self.pending)
-        else:
-            room = self.registry.capacity() + self.max_batch - self._held()
+            room = min(room, self.registry.free_frames() - len(self.pending))
         return min(room - self.promised, MAX_CREDIT)
 
     def _grant(self) -> None:
@@ -274,6 +278,8 @@ class PoolStage(Stage):
         """Heartbeat the quiet ones; a worker silent for timeout_s is lost."""
         hb, timeout = self.workers.heartbeat_s, self.workers.timeout_s
         for w in self.registry.active():
+            if not w.active:  # lost earlier in this pass (a DISCONNECT read below)
+                continue
             if now - w.t_seen > timeout:
                 self._read_workers()  # anything it sent while this thread was busy counts
                 if w.active and time.monotonic() - w.t_seen > timeout:
@@ -283,7 +289,9 @@ class PoolStage(Stage):
 
     def _lose(self, w: WorkerEntry, state: str, why: str) -> None:
         """`w` is gone: its lossless frames go back to the front of the queue, live ones are
-        dropped."""
+        dropped. A worker already gone is left alone."""
+        if not w.active:
+            return
         frames = [f for b in self.registry.leave(w, state) for f in b.frames]
         live = [f for f in frames if f.live]
         for f in live:
@@ -304,34 +312,6 @@ class PoolStage(Stage):
             self.pending = deque(sorted([*frames, *self.pending], key=lambda f: f.arrival))
 
     # ---- batches ----------------------------------------------------------------------------
-
-    def _dispatch(self, now: float) -> None:
-        """Send batches while a worker has credit: same-size frames from the front of the queue,
-        up to the worker's batch size; a partial batch once its first frame waited max_wait."""
-        while self.pending:
-            head = self.pending[0]
-            w = self.registry.pick(head.failed_on)
-            if w is None:
-                return
-            n = 1
-            while n < min(w.batch, len(self.pending)) and self.pending[n].shape == head.shape:
-                n += 1
-            can_grow = n < w.batch and n == len(self.pending)
-            if can_grow and head.stream not in self.eos and now < head.t_in + self.max_wait:
-                return
-            frames = [self.pending.popleft() for _ in range(n)]
-            batch = Batch(next(self._batch_ids), frames, time.monotonic())
-            pixels = np.stack([f.msg.arrays["pixels"] for f in frames])
-            dtype, values = pool_protocol.pack_pixels(pixels)
-            body = {
-                "id": batch.id,
-                "frames": [{"stream": f.stream, "index": f.msg.header["index"]} for f in frames],
-                "pixels": {"dtype": dtype, "shape": list(values.shape)},
-            }
-            if self._send(w, BATCH, body, values):
-                self.registry.sent(w, batch)
-            else:
-                self._requeue(frames)
 
     def _result(self, w: WorkerEntry, body: dict[str, Any], depth: np.ndarray) -> None:
         batch = self.registry.finished(w, body["id"])

@@ -73,6 +73,11 @@ class WorkerEntry:
     latency: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     engine_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     histogram: Histogram = field(default_factory=Histogram)  # every batch's round trip, seconds
+    p95_ms: float = 0.0  # of `latency`: how long a result may be late before it is hung
+
+    def oldest(self) -> float | None:
+        """Monotonic time the oldest batch it holds was sent; None if it holds none."""
+        return min((b.t_sent for b in self.inflight.values()), default=None)
 
     @property
     def active(self) -> bool:
@@ -164,6 +169,7 @@ class Registry:
             w.latency.append(rtt_ms)
             w.engine_ms.append(engine_ms)
             w.histogram.observe(rtt_ms / 1000)
+            w.p95_ms = percentiles(list(w.latency))["p95"]
 
     def failed(self, w: WorkerEntry) -> None:
         w.failures += 1

@@ -20,9 +20,11 @@ file instead of seeking to its index (``mcap.reader.NonSeekingReader``; the `mca
 rewrites it whole); the chunk being filled, up to CHUNK_BYTES of messages (one 480x640 depth
 frame, more of smaller ones), is lost.
 
-Writing is synchronous in the sink thread, like the .npy files: ~1.5 ms per 480x640 depth frame
-uncompressed, ~4 ms with zstd (the default), more with full-resolution point clouds (5 MB each);
-a disk slower than the frames pushes back on lossless sources, live ones drop as usual.
+Writing is synchronous in the sink thread, like the .npy files. Per 480x640 frame
+(benchmarks/bench_points.py): depth + camera_info ~1 ms uncompressed, ~2.5 ms with zstd (the
+default without points); with a full-resolution cloud (3.7 MB) ~4 ms uncompressed, ~6 ms with lz4
+(the default with points), ~16 ms with zstd, which saves only 8% of a cloud's bytes. A disk slower
+than the frames pushes back on lossless sources, live ones drop as usual.
 """
 
 from __future__ import annotations
@@ -75,10 +77,13 @@ class RecordSink(Sink):
             self._file = open(self.partial, "wb")  # noqa: SIM115 (closed in close())
         except OSError as e:
             raise OSError(f"cannot write recording {config.path}: {e.strerror or e}") from None
+        self.compression = config.compression  # the chunks' (auto resolved)
+        if self.compression == "auto":  # clouds barely compress: zstd would triple their cost
+            self.compression = "lz4" if config.points else "zstd"
         self._writer = writer_class(
             self._file,
             chunk_size=CHUNK_BYTES,
-            compression=getattr(compression, config.compression.upper()),
+            compression=getattr(compression, self.compression.upper()),
         )
         self._schemas = {
             name: self._writer.register_msgdef(name, text)

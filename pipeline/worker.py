@@ -31,12 +31,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import zmq
 
 from . import curve
 from . import pool_protocol as proto
 from .errors import MessageError, one_line
+from .worker_batch import batch_id_of, infer
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,13 @@ class Worker:
             self._jobs.put(None)
             if engine_thread is not None and built:
                 engine_thread.join(ENGINE_JOIN_S)
-                if engine_thread.is_alive():
-                    log.warning("worker %s: the engine is still busy; not waiting", self.name)
             with self._lock:
                 self._wake_context = None
             wake.close(linger=0)
-            if self.context is None:
+            if engine_thread is not None and engine_thread.is_alive():
+                # term() would block until the engine's socket closes: forever if it hangs
+                log.warning("worker %s: the engine is still busy; not waiting", self.name)
+            elif self.context is None:
                 context.term()
 
     def stop(self) -> None:
@@ -181,7 +182,7 @@ class Worker:
                 epoch, batch_id, dtype, values = job
                 t0 = time.perf_counter()
                 try:
-                    depth, error = self._infer(engine, proto.unpack_pixels(dtype, values)), ""
+                    depth, error = infer(engine, proto.unpack_pixels(dtype, values), self.batch), ""
                 except Exception as e:
                     depth, error = None, one_line(f"{type(e).__name__}: {e}", 200)
                 ms = (time.perf_counter() - t0) * 1000
@@ -195,25 +196,6 @@ class Worker:
     def _signal(sock: zmq.Socket, what: bytes) -> None:
         with contextlib.suppress(zmq.ZMQError):  # the I/O thread has gone: nobody waits for it
             sock.send(what, zmq.NOBLOCK)
-
-    def _infer(self, engine: Any, pixels: np.ndarray) -> np.ndarray:
-        """(B, 3, h, w) -> (B, h, w) float32 metres, in engine calls of at most `batch` frames."""
-        chunks = [self._call(engine, pixels[i : i + self.batch])
-                  for i in range(0, len(pixels), self.batch)]  # fmt: skip
-        depth = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-        return np.ascontiguousarray(depth, dtype=np.float32)
-
-    @staticmethod
-    def _call(engine: Any, pixels: np.ndarray) -> np.ndarray:
-        depth = engine(pixels)
-        if not isinstance(depth, np.ndarray):  # a torch tensor from a custom engine
-            depth = depth.detach().float().cpu().numpy()
-        if depth.ndim == 4 and depth.shape[1] == 1:
-            depth = depth[:, 0]
-        expected = (pixels.shape[0], *pixels.shape[2:])
-        if depth.shape != expected:
-            raise RuntimeError(f"engine returned depth of shape {depth.shape}, expected {expected}")
-        return depth
 
     # ---- the I/O thread -----------------------------------------------------------------------
 
@@ -326,6 +308,10 @@ class Worker:
             self._malformed += 1
             level = logging.WARNING if self._malformed <= 3 else logging.DEBUG
             log.log(level, "worker %s: dropped a malformed message from the hub: %s", self.name, e)
+            batch_id = batch_id_of(parts)  # a BATCH it cannot take: FAILED, so the hub redoes it
+            if batch_id is not None:
+                self._send(sock, proto.encode(proto.FAILED, {"id": batch_id, "error": one_line(
+                    f"worker {self.name} cannot decode the batch: {e}", 200)}))  # fmt: skip
             return ""
         if command == proto.DISCONNECT:
             return f"the hub {self.hub} disconnected ({body['reason'] or 'no reason given'})"
@@ -398,3 +384,4 @@ class Worker:
         except zmq.Again:
             log.debug("worker %s: dropped a %s the hub cannot take", self.name, parts[0])
         self._last_sent = time.monotonic()
+

@@ -186,8 +186,9 @@ class Hub:
 @contextlib.contextmanager
 def running_hub(
     *, streams=("a",), live=False, max_batch=1, max_wait_ms=5.0, heartbeat_s=1.0,
-    timeout_s=10.0, **workers,
+    timeout_s=10.0, out_hwm: int = 1000, max_message_bytes: int = 1 << 26, **workers,
 ) -> Iterator[Hub]:  # fmt: skip
+    """`out_hwm`: the output socket's receive queue (small: a slow postprocess)."""
     ctx = zmq.Context()
     uid = uuid.uuid4().hex[:8]
     cfg = WorkersConfig("tcp://127.0.0.1:0", heartbeat_s=heartbeat_s, timeout_s=timeout_s,
@@ -197,9 +198,11 @@ def running_hub(
         None, streams=streams, input=names["input"], credit=names["credit"],
         output=names["output"], endpoint=cfg.endpoint, workers=cfg, live=live,
         max_batch=max_batch, max_wait_ms=max_wait_ms, context=ctx, control=names["ctl"],
+        max_message_bytes=max_message_bytes,
     )  # fmt: skip
     out = ctx.socket(zmq.PULL)
     out.linger = 0
+    out.rcvhwm = out_hwm
     out.bind(names["output"])
     ctl = ctx.socket(zmq.PUSH)
     ctl.linger = 0

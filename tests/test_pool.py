@@ -346,8 +346,8 @@ def test_pipeline_with_workers_writes_what_a_single_process_run_writes(images, t
     states = {(s.labels["worker"], s.labels["state"]): s.value
               for s in families["depthstream_worker_state"].samples}  # fmt: skip
     assert all(states[(w["name"], "ready")] == 1 for w in summary.workers)
-    counts = {s.labels["worker"]: s.value for s in families["depthstream_worker_latency_seconds"].samples
-              if s.name.endswith("_count")}  # a histogram: one observation per batch
+    latency = families["depthstream_worker_latency_seconds"]  # a histogram: one count per batch
+    counts = {s.labels["worker"]: s.value for s in latency.samples if s.name.endswith("_count")}
     assert counts == {w["name"]: w["batches"] for w in summary.workers}
 
 

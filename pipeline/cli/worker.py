@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -135,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
     stopped_by: list[int] = []
 
     def on_signal(signum: int, _frame) -> None:
+        if stopped_by:  # a second signal: the engine is stuck in a batch; do not wait for it
+            os._exit(EXIT_SIGNAL[signal.Signals(signum).name])
         stopped_by.append(signum)
+        log.info("worker %s: stopping (a second Ctrl-C/SIGTERM exits at once)", worker.name)
         worker.stop()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
