@@ -1,5 +1,6 @@
 """The inference worker's faults (pipeline.worker, `depthstream worker`): a batch it cannot
-decode, an engine that hangs while the worker is stopped. The hub is tests/test_worker.py's."""
+decode, an engine that hangs while the worker is stopped, one that cannot be built, a stop
+during the build. The hub is tests/test_worker.py's."""
 
 from __future__ import annotations
 
@@ -69,3 +70,43 @@ def test_a_second_signal_exits_at_once_with_a_hung_engine(hubs, workers, sig, co
     proc.send_signal(sig)
     assert proc.wait(5) == code
     assert "Traceback" not in stderr_of(proc)
+
+
+def test_an_engine_that_cannot_be_built_is_reported(hubs, in_thread):  # noqa: F811
+    hub = hubs()
+
+    def broken():
+        raise OSError("no such device")
+
+    worker = Worker(hub.endpoint, broken, heartbeat_s=0.1, timeout_s=0.5)
+    thread = in_thread(worker)
+    thread.join(10)
+    assert not thread.is_alive() and worker.ready.is_set()
+    assert isinstance(worker.error, OSError) and worker.connections == 0
+    with pytest.raises(AssertionError):  # it never announced itself
+        hub.recv(proto.READY, timeout=0.3)
+
+
+def test_stop_before_and_during_the_engine_build(hubs, in_thread):  # noqa: F811
+    hub = hubs()
+    early = Worker(hub.endpoint, lambda: SimulatedEngine(0), heartbeat_s=0.1, timeout_s=0.5)
+    early.stop()
+    thread = in_thread(early)
+    thread.join(5)
+    assert not thread.is_alive() and early.connections == 0
+
+    building = threading.Event()
+    release = threading.Event()
+
+    def slow_build():
+        building.set()
+        release.wait(10)
+        return SimulatedEngine(0)
+
+    late = Worker(hub.endpoint, slow_build, heartbeat_s=0.1, timeout_s=0.5)
+    thread = in_thread(late)
+    assert building.wait(5)
+    late.stop()
+    thread.join(5)  # returns without waiting for the build
+    assert not thread.is_alive() and late.connections == 0
+    release.set()
