@@ -3,7 +3,9 @@
 A lossless clip (default 480x640) through the small default model at the clip's size, with known
 intrinsics, once per output: none, PLY point clouds (`outputs.points`, stride 1), an MCAP recording
 (depth + camera_info), an MCAP recording with point clouds (lz4, the default, and zstd), a
-Foxglove server (no client), a Rerun file, the Prometheus endpoint scraped every second. The runs
+Foxglove server with no client and with one client subscribed to depth and points (a WebSocket
+client in a thread of this process, reading every message without decoding it: the app would
+decode in its own process), a Rerun file, the Prometheus endpoint scraped every second. The runs
 alternate round by round, so the machine's drift hits every output alike; the result per output is
 the median over rounds of its fps divided by the same round's fps without outputs. fps is the
 summary's: frames over the running time, start-up excluded. Also the process's CPU time (user +
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import statistics
+import struct
 import tempfile
 import threading
 import time
@@ -46,12 +49,14 @@ def outputs(name: str, out: str) -> dict:
         "record + points, zstd": {"record": {"path": os.path.join(out, "run.mcap"), "points": True,
                                              "compression": "zstd"}},
         "foxglove (no client)": {"foxglove": {"port": 0}},
+        FOXGLOVE_CLIENT: {"foxglove": {"port": 0}},  # and a client: see run_once
         "rerun (file)": {"rerun": {"path": os.path.join(out, "run.rrd")}},
         SCRAPED: {},  # metrics.port instead: see run_once
     }[name]
 
 
 SCRAPED = "prometheus (scraped 1 s)"  # the Prometheus endpoint, scraped every second as it runs
+FOXGLOVE_CLIENT = "foxglove + 1 client"  # subscribed to depth and points, reading everything
 
 
 def scrape_every(url: str, period_s: float, stop: threading.Event) -> threading.Thread:
@@ -69,9 +74,47 @@ def scrape_every(url: str, period_s: float, stop: threading.Event) -> threading.
     return thread
 
 
+def foxglove_client(
+    url: str, topics: tuple[str, ...], received: dict[str, int]
+) -> threading.Thread:
+    """A thread doing what the Foxglove app does on the wire: connect, subscribe to `topics` as
+    they are advertised, read every message (counted in `received` per topic) until the server
+    closes the connection at the end of the run."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    # foxglove-sdk answers "foxglove.sdk.v1"; the app asks for "foxglove.websocket.v1" too
+    ws = connect(url, subprotocols=["foxglove.websocket.v1", "foxglove.sdk.v1"], proxy=None,
+                 compression=None, max_size=None, ping_interval=None)  # fmt: skip
+
+    def run() -> None:
+        by_id: dict[int, str] = {}  # subscription id -> topic
+        try:
+            for frame in ws:
+                if isinstance(frame, bytes):  # message data: opcode 1, subscription id u32, ...
+                    topic = by_id[struct.unpack_from("<I", frame, 1)[0]]
+                    received[topic] = received.get(topic, 0) + 1
+                    continue
+                msg = json.loads(frame)
+                for channel in msg["channels"] if msg["op"] == "advertise" else ():
+                    if channel["topic"] in topics:  # points: advertised with the first frame
+                        sub_id = len(by_id) + 1
+                        by_id[sub_id] = channel["topic"]
+                        sub = {"id": sub_id, "channelId": channel["id"]}
+                        ws.send(json.dumps({"op": "subscribe", "subscriptions": [sub]}))
+        except ConnectionClosed:
+            pass
+        finally:
+            ws.close()
+
+    thread = threading.Thread(target=run, name="bench-foxglove-client", daemon=True)
+    thread.start()
+    return thread
+
+
 VARIANTS = (
     "none", "points (PLY)", "record (MCAP)", "record + points", "record + points, zstd",
-    "foxglove (no client)", "rerun (file)", SCRAPED,
+    "foxglove (no client)", FOXGLOVE_CLIENT, "rerun (file)", SCRAPED,
 )  # fmt: skip
 
 
@@ -82,8 +125,8 @@ def cpu_s() -> float:
 
 def run_once(
     name: str, clip: str, checkpoint: str, size: tuple[int, int], frames: int
-) -> tuple[float, float]:
-    """(fps, CPU ms per frame) of one run."""
+) -> tuple[float, float, dict[str, int]]:
+    """(fps, CPU ms per frame, messages the Foxglove client got per topic) of one run."""
     h, w = size
     with tempfile.TemporaryDirectory(prefix="bench-sinks-") as out:
         config = {
@@ -98,16 +141,24 @@ def run_once(
         cpu0 = cpu_s()
         stop = threading.Event()
         scraper = scrape_every(pipe.endpoints["metrics"], 1.0, stop) if name == SCRAPED else None
+        received: dict[str, int] = {}
+        client = None
+        if name == FOXGLOVE_CLIENT:
+            topics = ("/depthstream/cam/depth", "/depthstream/cam/points")
+            client = foxglove_client(pipe.endpoints["foxglove"], topics, received)
         try:
             summary = pipe.join()
             cpu = cpu_s() - cpu0
         finally:
             stop.set()
-        if scraper is not None:
-            scraper.join()
+        for thread in (scraper, client):  # the client's ends when the server closes
+            if thread is not None:
+                thread.join()
     if summary.outcome != "finished" or summary.frames["cam"] != frames:
         raise RuntimeError(f"{name}: {summary.outcome}, {summary.frames} ({summary.error})")
-    return summary.fps, 1000 * cpu / frames
+    if client is not None and not received:
+        raise RuntimeError(f"{name}: the client got no message")
+    return summary.fps, 1000 * cpu / frames, received
 
 
 def main() -> None:
@@ -124,12 +175,15 @@ def main() -> None:
         clip = write_clip(os.path.join(tmp, "clip.avi"), args.frames, h, w, fps=30.0)
         fps: dict[str, list[float]] = {v: [] for v in VARIANTS}
         cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}  # ms per frame
+        got: dict[str, list[dict[str, int]]] = {v: [] for v in VARIANTS}  # the client's, per run
         for r in range(args.rounds):
             for name in VARIANTS:
-                f, c = run_once(name, clip, checkpoint, args.size, args.frames)
+                f, c, g = run_once(name, clip, checkpoint, args.size, args.frames)
                 fps[name].append(f)
                 cpu[name].append(c)
-                print(f"round {r + 1}: {name:<24} {f:6.2f} fps {c:7.1f} CPU ms/frame", flush=True)
+                got[name].append(g)
+                print(f"round {r + 1}: {name:<24} {f:6.2f} fps {c:7.1f} CPU ms/frame"
+                      + (f"  client got {g}" if g else ""), flush=True)  # fmt: skip
     rows = []
     for name in VARIANTS:
         ratios = [a / b for a, b in zip(fps[name], fps["none"])]
@@ -137,7 +191,8 @@ def main() -> None:
         rows.append({"output": name, "fps": fps[name], "ratio_median": statistics.median(ratios),
                      "ratio_min": min(ratios), "ratio_max": max(ratios),
                      "cpu_ms_per_frame": cpu[name],
-                     "cpu_extra_ms_median": statistics.median(extra)})  # fmt: skip
+                     "cpu_extra_ms_median": statistics.median(extra),
+                     **({"client_messages": got[name]} if any(got[name]) else {})})  # fmt: skip
     print(f"\n{h}x{w}, small default model, eager fp32, "
           f"{args.frames} frames x {args.rounds} rounds")  # fmt: skip
     print(f"{'output':<24}{'fps (median)':>13}{'vs none':>9}{'range':>13}"

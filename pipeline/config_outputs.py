@@ -124,12 +124,15 @@ class FoxgloveConfig:
     port: int = 8765  # its port; 0: any free port (the bound one is in Pipeline.endpoints)
     backlog: int = 8  # messages queued per client (all topics); a slow one loses the oldest
     points: bool = True  # publish .../points (PointCloud2) when the frame has a point cloud
+    image: str = "none"  # also .../image (bgr8): none | view (colourised) | input (as captured)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.host, str) and self.host.strip() == self.host != "", "host",
                  f"{_short(self.host)} is not a host name or address")  # fmt: skip
         _in_range(self.port, "port", 0, 65535)
         _in_range(self.backlog, "backlog", 4, MAX_HWM)
+        _require(self.image in RECORD_IMAGES, "image",
+                 f"{_short(self.image)} is not one of {RECORD_IMAGES}")  # fmt: skip
 
 
 @dataclass(frozen=True)

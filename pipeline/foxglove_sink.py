@@ -2,8 +2,9 @@
 of the MCAP recording.
 
 Per stream, /depthstream/<stream>/depth (sensor_msgs/msg/Image, 32FC1 metres, invalid = NaN),
-…/camera_info (sensor_msgs/msg/CameraInfo, once the intrinsics are known) and …/points
-(sensor_msgs/msg/PointCloud2, when the frame has a point cloud), CDR-encoded with the ros2msg
+…/camera_info (sensor_msgs/msg/CameraInfo, once the intrinsics are known), …/points
+(sensor_msgs/msg/PointCloud2, when the frame has a point cloud) and …/image (sensor_msgs/msg/Image,
+bgr8, outputs.foxglove.image: the colourised view or the input frame), CDR-encoded with the ros2msg
 schemas of pipeline.ros_msgs, so the bytes a client gets are those of the recording and the app's
 Image and 3D panels show them as they show a ROS 2 bag. Each message's log time is its stamp, the
 frame's capture wall-clock time.
@@ -100,15 +101,20 @@ class FoxgloveSink(Sink):
     """Serves every frame on a Foxglove WebSocket server, started here and stopped by close().
 
     `url` is where it listens (ws://HOST:PORT, the port bound when the config's is 0); `logged`
-    counts messages handed to the server per topic kind (depth, camera_info, points).
+    counts messages handed to the server per topic kind (depth, camera_info, points, image).
     """
 
-    # What each topic kind carries, in the order a frame's messages are logged.
+    # What each topic kind carries, in the order a frame's messages are logged; "image" is the
+    # one of IMAGES that config.image names.
     KINDS: tuple[tuple[str, Callable[[DepthResult], dict[str, Any] | None]], ...] = (
         ("camera_info", ros_msgs.camera_info),
         ("depth", ros_msgs.depth_image),
         ("points", ros_msgs.point_cloud),
     )
+    IMAGES: dict[str, Callable[[DepthResult], dict[str, Any] | None]] = {
+        "view": lambda r: ros_msgs.bgr_image(r, r.view),  # the colourised view
+        "input": lambda r: ros_msgs.bgr_image(r, r.image),  # the input frame as captured
+    }
 
     def __init__(
         self,
@@ -123,8 +129,11 @@ class FoxgloveSink(Sink):
         schemas = ros_msgs.SCHEMAS.items()
         self._encoders = {name: serialize(name, text)[name] for name, text in schemas}
         self._kinds = [(k, make) for k, make in self.KINDS if k != "points" or config.points]
+        if config.image != "none":
+            self._kinds.append(("image", self.IMAGES[config.image]))
         self._channels: dict[tuple[str, str], Any] = {}  # (stream, kind) -> foxglove.Channel
         self.logged: Counter[str] = Counter()
+        self._warned_image = False  # warned once that frames lack the image config.image names
         self.subscriptions = _Subscriptions(gauges if gauges is not None else {})
         self._context = foxglove.Context()  # this sink's channels only, not the SDK's global ones
         try:
@@ -173,7 +182,12 @@ class FoxgloveSink(Sink):
             if channel is not None and not channel.has_sinks():
                 continue  # nobody subscribes to it: no work
             msg = make(result)
-            if msg is None:  # no intrinsics / no point cloud in this frame
+            if msg is None:  # no intrinsics / point cloud / view / input frame in this frame
+                if kind == "image" and not self._warned_image:
+                    self._warned_image = True
+                    what = {"view": "colourised view (postprocess.view)", "input": "input frame"}
+                    log.warning("outputs.foxglove: no %s: the frames carry no %s",
+                                ros_msgs.topic(result.stream, kind), what[self.config.image])
                 continue
             if channel is None:  # first seen now: advertised to the clients from here on
                 channel = self._channel(result.stream, kind)

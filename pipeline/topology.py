@@ -168,11 +168,13 @@ class Topology:
                 or (outputs.zmq and outputs.zmq.publish_view)
                 or (outputs.record and outputs.record.image == "view")
                 or (outputs.rerun and outputs.rerun.image == "view")
+                or (outputs.foxglove and outputs.foxglove.image == "view")
             )
         )
         points = cfg.points_config()  # point clouds postprocess computes (None: none)
         # an output records the input frame as captured: it travels to the sinks
-        input_image = any(o and o.image == "input" for o in (outputs.record, outputs.rerun))
+        input_image = any(o and o.image == "input"
+                          for o in (outputs.record, outputs.rerun, outputs.foxglove))
         input_image = input_image or bool(outputs.web and outputs.web.side_by_side)  # shown beside
         live = any(resolve_mode(s, resolve_kind(s)) == "live" for s in cfg.sources)
         common = dict(

@@ -214,6 +214,39 @@ def test_a_foxglove_client_gets_the_depth_camera_and_points_of_the_recording(
     np.testing.assert_array_equal(xyz[:, 2], saved.ravel())
 
 
+@pytest.mark.parametrize("which", ["input", "view"])
+def test_image_topic_carries_the_input_frame_or_the_view(tmp_path, tiny_checkpoint, which):
+    results: dict[int, Any] = {}  # capture stamp (ns) -> DepthResult
+    cfg = external_config(tmp_path, image=which)
+    del cfg["outputs"]["files"]
+    pipe = Pipeline(cfg, engine_factory=eager_factory(tiny_checkpoint),
+                    on_result=lambda r: results.__setitem__(stamp_ns(r), r)).start()  # fmt: skip
+    client = FoxgloveClient(pipe.endpoints["foxglove"])
+    done = threading.Event()
+    feeder = feed_until(pipe, done, lambda i: frame_at(i, H, W), limit=10_000)
+    try:  # …/image is advertised with the first frame that has one
+        channel = client.wait_for_channel("/depthstream/cam/image", DEADLINE_S)
+        assert channel["schemaName"] == "sensor_msgs/msg/Image"
+        client.subscribe("/depthstream/cam/image")
+        item = client.receive(DEADLINE_S)
+        assert item is not None, f"no image within {DEADLINE_S} s"
+    finally:
+        done.set()
+        feeder.join(DEADLINE_S)
+        client.close()
+        outcome = pipe.join(timeout=DEADLINE_S).outcome  # the stream ended: the pipeline ends
+    assert outcome == "finished"
+    _, log_time, image = item
+    assert (image.encoding, image.height, image.width, image.step) == ("bgr8", H, W, 3 * W)
+    pixels = np.frombuffer(bytes(image.data), dtype=np.uint8).reshape(H, W, 3)
+    result = results[log_time]
+    if which == "input":  # the frame fed in, as captured
+        np.testing.assert_array_equal(pixels, frame_at(result.index, H, W))
+    else:  # the colourised depth postprocess made for that frame, not the input frame
+        np.testing.assert_array_equal(pixels, result.view)
+        assert not np.array_equal(pixels, frame_at(result.index, H, W))
+
+
 def test_a_client_that_never_reads_does_not_slow_the_pipeline(tmp_path, tiny_checkpoint):
     """A subscribed client stops reading; 60 frames of 480x640 depth (1.2 MB each, far beyond the
     socket buffers) still go through at full speed, the client's queue keeps the newest and,
@@ -333,6 +366,7 @@ def test_foxglove_option_sets_host_and_port():
         ({"port": True}, "outputs.foxglove.port"),
         ({"backlog": 2}, "outputs.foxglove.backlog: must be in 4.."),
         ({"host": ""}, "outputs.foxglove.host"),
+        ({"image": "depth"}, "outputs.foxglove.image: 'depth' is not one of"),
     ],
 )
 def test_foxglove_config_is_checked(section, message):
