@@ -33,7 +33,7 @@ import urllib.request
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from glpn.hardware import tune_cpu_allocator  # noqa: E402
-from glpn.testing import machine_info, parse_size, random_checkpoint, write_clip  # noqa: E402
+from glpn.testing import parse_size, random_checkpoint, write_clip, write_results  # noqa: E402
 from pipeline import Pipeline  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -204,11 +204,8 @@ def main() -> None:
               f"{statistics.median(row['cpu_ms_per_frame']):>14.1f}"
               f"{row['cpu_extra_ms_median']:>+9.1f}")  # fmt: skip
     out = args.out or os.path.join(RESULTS, f"sinks_{h}x{w}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump({"machine": machine_info(), "size": [h, w], "frames": args.frames,
-                   "rounds": args.rounds, "rows": rows}, f, indent=2)  # fmt: skip
-    print(f"wrote {out}")
+    data = {"size": [h, w], "frames": args.frames, "rounds": args.rounds, "rows": rows}
+    print(f"wrote {write_results(out, data)}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ used by the library or the pipeline at run time.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import re
@@ -105,3 +106,11 @@ def machine_info() -> dict:
     with contextlib.suppress(OSError):
         info["load_average"] = os.getloadavg()
     return info
+
+
+def write_results(path: str, data: dict) -> str:
+    """Writes a benchmark's JSON, {"machine": machine_info(), **data}, to `path`; returns it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"machine": machine_info(), **data}, f, indent=2)
+    return path
