@@ -151,8 +151,13 @@ class FoxgloveSink(Sink):
         self.port: int = self._server.port
         self.url = ws_url(config.host, self.port)
         try:
-            for stream in streams:  # depth topics are advertised before the first frame
+            # Depth (and image) topics are advertised before the first frame: a client that
+            # subscribes to a channel the moment it is advertised can race the server's own
+            # registration of it (foxglove-sdk: "subscribe to unknown channel"), seen in CI.
+            for stream in streams:
                 self._channel(stream, "depth")
+                if config.image != "none":
+                    self._channel(stream, "image")
         except BaseException:
             self.close()
             raise

@@ -224,7 +224,7 @@ def test_image_topic_carries_the_input_frame_or_the_view(tmp_path, tiny_checkpoi
     client = FoxgloveClient(pipe.endpoints["foxglove"])
     done = threading.Event()
     feeder = feed_until(pipe, done, lambda i: frame_at(i, H, W), limit=10_000)
-    try:  # …/image is advertised with the first frame that has one
+    try:  # …/image is advertised from the start, as the depth topics are
         channel = client.wait_for_channel("/depthstream/cam/image", DEADLINE_S)
         assert channel["schemaName"] == "sensor_msgs/msg/Image"
         client.subscribe("/depthstream/cam/image")
