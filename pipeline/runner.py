@@ -392,7 +392,7 @@ class Pipeline:
             stages=stages,
             e2e_ms=e2e,
             engine=infer.description if infer else "",
-            workers=stages.get("inference", {}).get("workers", []),
+            workers=stages.get("inference", {}).pop("workers", []),  # once, here
             error=str(StageError(*self._failure)) if self._failure else None,
             outputs=sink.files() if sink else {},
         )

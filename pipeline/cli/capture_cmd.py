@@ -36,7 +36,7 @@ from pipeline.stage import STOP, Stage
 from pipeline.topology import Bind, Connect, StageSpec, Topology
 from pipeline.uplink import UplinkStage
 
-from .configure import parse_source
+from .configure import parse_source, source_options
 from .exits import EXIT_OK, EXIT_SIGNAL, CliError
 from .options import _Parser, _positive_int, _tcp_endpoint
 
@@ -97,12 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _source(args: argparse.Namespace) -> SourceConfig:
     parsed = parse_source(args.source)
     fields: dict[str, Any] = {"uri": parsed["uri"], "id": args.id or parsed.get("id", "source0")}
-    if args.mode:
-        fields["mode"] = args.mode
-    if args.pace:
-        fields["pace"] = True
-    if args.max_frames:
-        fields["max_frames"] = args.max_frames
+    fields.update(source_options(args))
     try:
         source = SourceConfig(**fields)
     except ConfigError as e:

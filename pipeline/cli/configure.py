@@ -60,6 +60,13 @@ def _section(data: dict[str, Any], name: str, where: str) -> dict[str, Any]:
     return value
 
 
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The per-source keys the command line sets for every source it reads: --mode, --pace,
+    --max-frames (those given)."""
+    given = {"mode": args.mode, "pace": args.pace or None, "max_frames": args.max_frames}
+    return {key: value for key, value in given.items() if value}
+
+
 def _apply_to_sources(data: dict[str, Any], args: argparse.Namespace) -> None:
     if args.source:
         data["sources"] = [parse_source(s) for s in args.source]
@@ -74,12 +81,7 @@ def _apply_to_sources(data: dict[str, Any], args: argparse.Namespace) -> None:
     for s in sources:
         if not isinstance(s, dict):
             continue
-        if args.mode:
-            s["mode"] = args.mode
-        if args.pace:
-            s["pace"] = True
-        if args.max_frames:
-            s["max_frames"] = args.max_frames
+        s.update(source_options(args))
         if args.input_size is not None:
             s.pop("input_size", None)  # the command line's size is for every stream
     if args.intrinsics is not None:
