@@ -18,6 +18,7 @@ RTSP_TRANSPORTS = ("auto", "tcp", "udp")  # FFmpeg's rtsp_transport; auto: its o
 TRANSPORTS = ("inproc", "ipc", "tcp")
 FILE_LAYOUTS = ("per_stream", "flat")
 RECORD_IMAGES = ("none", "view", "input")  # the colourised view | the input frame
+WEB_ENCODINGS = ("auto", "levels", "jpeg")  # how outputs.web sends the colourised depth
 RECORD_COMPRESSIONS = ("auto", "zstd", "lz4", "none")  # auto: lz4 with point clouds, else zstd
 
 MAX_SOURCES = 256  # each source is a capture thread with its own sockets

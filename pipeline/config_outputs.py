@@ -14,6 +14,7 @@ from .config_checks import (
     MIN_FPS,
     RECORD_COMPRESSIONS,
     RECORD_IMAGES,
+    WEB_ENCODINGS,
     _endpoint_ok,
     _in_range,
     _require,
@@ -142,8 +143,14 @@ class WebConfig:
     side_by_side: bool = False  # the input frame beside the depth (the frame travels to the sink)
     jpeg_quality: int = 90  # JPEG quality of the picture sent to browsers (10..100)
     max_fps: float = 30.0  # frames per second per stream sent at most (bounds the encoding work)
+    # How the colourised depth travels: levels = 1 byte a pixel the page colours itself (no JPEG
+    # to encode or decode: the least CPU), jpeg = JPEG (~10x fewer bytes); auto: levels to a
+    # browser on this host (it shares the CPU, the bytes are free), JPEG to one elsewhere.
+    encoding: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.encoding in WEB_ENCODINGS, "encoding",
+                 f"{_short(self.encoding)} is not one of {WEB_ENCODINGS}")  # fmt: skip
         _require(isinstance(self.host, str) and self.host.strip() == self.host != "", "host",
                  f"{_short(self.host)} is not a host name or address")  # fmt: skip
         _in_range(self.port, "port", 0, 65535)

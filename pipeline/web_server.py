@@ -13,12 +13,16 @@ pipeline. Per browser, at most one frame per stream is in flight: a frame is sen
 page acknowledged the previous one of that stream (`{"ack": STREAM}` after drawing it), and it is
 the newest there is then. A slow browser, or a slow link, therefore gets fewer frames, never old
 ones, and never holds a queue. A frame is encoded (`encode(item)`, in this thread) once, when the
-first browser wants it, and at most `max_fps` times a second per stream; every browser gets the
-same bytes.
+first browser wants it, and at most `max_fps` times a second per stream; browsers that want the
+same form of it get the same bytes: `payload(values, local)` of what encode() returned, `local`
+when the browser is on this host, `values` for the streams it asked the depth values of
+(`{"depth": [STREAM, ...]}`: its pointer is over them). A browser that asks for the values of
+the frame it has gets that frame again, with them.
 
 End. `end(stream)` tells the browsers that stream ended. `close(reason)` sends each browser the
-newest frames it has not had and `{"type": "stopped", "reason": ...}`, closes the connections
-(within CLOSE_S; a browser that does not read is cut off) and joins the thread.
+newest frame of every stream with its values (unless it had it so) and `{"type": "stopped",
+"reason": ...}`, closes the connections (within CLOSE_S; a browser that does not read is cut
+off) and joins the thread.
 
 Security: only GET of the page's files and the WebSocket at /ws, nothing else is read from the
 request. A WebSocket whose Origin is not the page's own is refused (another site open in the
@@ -48,7 +52,7 @@ log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 MAX_CLIENTS = 32  # browsers at once; more get 503 (each costs a send of every frame it views)
-MAX_CLIENT_MESSAGE = 1024  # a browser sends only acknowledgements, tens of bytes
+MAX_CLIENT_MESSAGE = 4096  # a browser sends acknowledgements and the streams it wants values of
 CLOSE_S = 2.0  # close(): what a browser that does not read can delay the end of the run
 PING_S = 20.0  # keepalive: a browser gone without closing is noticed within 2x this
 
@@ -73,12 +77,22 @@ def host_of(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0]
 
 
+def on_this_host(remote: Sequence[Any] | None, local: Sequence[Any] | None) -> bool:
+    """Whether a peer at `remote` (a socket address) is on this host: loopback, or the address it
+    reached us at (a browser here using the host's own address): it shares our CPU."""
+    if not remote:
+        return False
+    return is_loopback(str(remote[0])) or (bool(local) and remote[0] == local[0])
+
+
 class _Client:
     """One browser: what it has been sent per stream, what it has not acknowledged yet."""
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
-        self.seen: dict[str, int] = {}  # stream -> sequence number of the last frame sent
+        self.seen: dict[str, tuple[int, bool]] = {}  # stream -> (sequence number, with values)
+        self.want: set[str] = set()  # streams it wants the depth values of
+        self.local = on_this_host(ws.remote_address, ws.local_address)
         self.in_flight: set[str] = set()  # streams whose last frame is not acknowledged
         self.told_ended: set[str] = set()
         self.wake = asyncio.Event()
@@ -89,7 +103,9 @@ class WebServer:
     """Serves `files` (path -> (content type, bytes)) and the frames at ws://HOST:PORT/ws.
 
     `hello` is the first (text) message of every connection; `url` is http://HOST:PORT/ with the
-    port bound (the config's may be 0)."""
+    port bound (the config's may be 0). `encode(item)` returns what has `payload(values: bool,
+    local: bool)`: the message with or without the depth values, for a browser on this host or
+    not."""
 
     def __init__(
         self,
@@ -98,7 +114,7 @@ class WebServer:
         *,
         streams: Sequence[str],
         hello: Mapping[str, Any],
-        encode: Callable[[Any], bytes],
+        encode: Callable[[Any], Any],
         files: Mapping[str, tuple[str, bytes]],
         max_fps: float,
         gauges: MutableMapping[str, int] | None = None,
@@ -115,7 +131,7 @@ class WebServer:
         self._latest: dict[str, tuple[int, Any]] = {}  # stream -> (sequence number, item)
         self._ended: set[str] = set()
         # The loop thread's own state:
-        self._encoded: dict[str, tuple[int, bytes]] = {}  # stream -> (sequence number, payload)
+        self._encoded: dict[str, tuple[int, Any]] = {}  # stream -> (sequence number, encoded)
         self._next_encode: dict[str, float] = {}  # stream -> loop time of the next encode allowed
         self._timer: dict[str, bool] = {}  # stream -> a wake-up at _next_encode is scheduled
         self._clients: set[_Client] = set()
@@ -244,31 +260,42 @@ class WebServer:
         for client in self._clients:
             client.wake.set()
 
-    def _frame_for(self, stream: str, client: _Client, final: bool) -> tuple[int, bytes] | None:
-        """The newest encoded frame of `stream` the client has not had, encoding it if it is
-        due; None when there is none (yet)."""
+    def _frame_for(
+        self, stream: str, client: _Client, final: bool
+    ) -> tuple[int, bool, bytes] | None:
+        """(sequence number, with values, message) of the newest frame of `stream` the client has
+        not had (or had without the values it now wants), encoding it if it is due; None when
+        there is none (yet)."""
         with self._lock:
             seq, item = self._latest.get(stream, (0, None))
-        have = client.seen.get(stream, 0)
         cached = self._encoded.get(stream)
         if item is not None and (cached is None or cached[0] != seq) and stream not in self._failed:
             now = self._loop.time()
             due = self._next_encode.get(stream, 0.0)
             if now >= due or final:
-                try:
-                    cached = (seq, self._encode(item))
-                except Exception as e:  # a frame the view cannot show: say so once, go on
-                    log.error("outputs.web: stream %s: cannot encode a frame: %s", stream, e)
-                    self._failed.add(stream)
-                else:
+                cached = self._encoding(stream, lambda: (seq, self._encode(item)))
+                if cached is not None:
                     self._encoded[stream] = cached
                     self._next_encode[stream] = now + self._period
             elif not self._timer.get(stream):  # too soon: wake up when it is due
                 self._timer[stream] = True
                 self._loop.call_at(due, self._timer_fired, stream)
-        if cached is None or cached[0] == have:
+        if cached is None or stream in self._failed:
             return None
-        return cached
+        values = final or stream in client.want
+        if client.seen.get(stream, (0, False)) in ((cached[0], True), (cached[0], values)):
+            return None
+        message = self._encoding(stream, lambda: cached[1].payload(values, client.local))
+        return None if message is None else (cached[0], values, message)
+
+    def _encoding(self, stream: str, encode: Callable[[], Any]) -> Any:
+        """encode(); None if it fails: a frame the view cannot show is said once, the rest go on."""
+        try:
+            return encode()
+        except Exception as e:
+            log.error("outputs.web: stream %s: cannot encode a frame: %s", stream, e)
+            self._failed.add(stream)
+            return None
 
     def _timer_fired(self, stream: str) -> None:
         self._timer[stream] = False
@@ -302,9 +329,9 @@ class WebServer:
                     continue
                 frame = self._frame_for(stream, client, final)
                 if frame is not None:
-                    client.seen[stream] = frame[0]
+                    client.seen[stream] = frame[:2]
                     client.in_flight.add(stream)
-                    await client.ws.send(frame[1])
+                    await client.ws.send(frame[2])
                     self.sent += 1
             with self._lock:
                 ended = self._ended - client.told_ended
@@ -317,16 +344,20 @@ class WebServer:
             await client.wake.wait()
 
     async def _read(self, client: _Client) -> None:
-        """Acknowledgements: {"ack": STREAM} once the page drew that stream's frame."""
+        """{"ack": STREAM} once the page drew that stream's frame; {"depth": [STREAM, ...]}: the
+        streams it wants the depth values of from now on."""
         try:
             async for message in client.ws:
                 try:
-                    stream = json.loads(message)["ack"]
-                except (ValueError, TypeError, KeyError):
+                    got = json.loads(message)
+                    ack, want = got.get("ack"), got.get("depth")
+                except (ValueError, TypeError, AttributeError):
                     continue  # not ours: ignored
-                if isinstance(stream, str):
-                    client.in_flight.discard(stream)
-                    client.wake.set()
+                if isinstance(ack, str):
+                    client.in_flight.discard(ack)
+                if isinstance(want, list):
+                    client.want = {s for s in self.streams if s in want}
+                client.wake.set()
         except self._ConnectionClosed:
             pass
         finally:

@@ -132,6 +132,10 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
         outputs["web"] = web
     if args.side_by_side and isinstance(outputs.get("web"), dict):  # the web view's too
         outputs["web"] = {**outputs["web"], "side_by_side": True}
+    if args.web_encoding is not None:
+        if not isinstance(outputs.get("web"), dict):
+            raise CliError("--web-encoding needs --web (or outputs.web in the config)")
+        outputs["web"] = {**outputs["web"], "encoding": args.web_encoding}
     if args.record is not None:
         rec = outputs.get("record")
         outputs["record"] = {**(rec if isinstance(rec, dict) else {}), "path": args.record}

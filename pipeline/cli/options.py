@@ -7,6 +7,7 @@ import os
 import re
 from typing import Any
 
+from ..config_checks import WEB_ENCODINGS
 from .exits import EPILOG, EXIT_USAGE
 from .resources import named_configs, version
 
@@ -225,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
             "127.0.0.1:8080; 0 as the port: any free one (logged). With --side-by-side the input "
             "is beside it [outputs.web.side_by_side]. A non-loopback HOST lets the network see "
             "it [outputs.web.host/port]"))),
+        ("--web-encoding", dict(choices=WEB_ENCODINGS, help=(
+            "how the web view's picture travels: levels (1 byte a pixel, coloured by the page: "
+            "least CPU), jpeg (fewest bytes: a browser far away, or through an SSH tunnel), auto "
+            "(default): levels to a browser on this host, JPEG to others [outputs.web.encoding]"))),
         ("--record", dict(type=_mcap_path, metavar="FILE.mcap", help=(
             "record ROS 2 messages to one MCAP file (Foxglove, ros2 bag play): per stream "
             "/depthstream/<stream>/depth (32FC1 metres, NaN = no depth) and camera_info "

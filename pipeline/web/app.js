@@ -1,9 +1,13 @@
 "use strict";
 // depthstream's live view: one panel per stream. Messages are described in pipeline/web_sink.py:
-// text (JSON): hello, end, stopped; binary: u32 n | JSON (n bytes) | uint16 depth | JPEG view.
+// text (JSON): hello, end, stopped; binary: u32 n | JSON (n bytes) | [uint16 depth] |
+// [uint8 colour levels of the depth] | JPEG (the picture, or with levels the input beside them).
 // After drawing a frame the page acknowledges it; the server then sends that stream's newest.
+// The depth values come only for the streams the pointer is over (the page asks for them).
 
-const state = { streams: {}, colours: null, status: "connecting", stopped: false, ws: null };
+const state = {
+  streams: {}, colours: null, lut: null, status: "connecting", stopped: false, ws: null,
+};
 window.depthstream = state; // for tests and for debugging in the console
 
 const statusEl = document.getElementById("status");
@@ -29,7 +33,7 @@ function panel(name) {
   document.getElementById("streams").appendChild(node);
   const s = {
     name, node, canvas: node.querySelector(".view"), meta: null, depth: null, shown: 0,
-    pointer: null, range: null, queue: Promise.resolve(),
+    pointer: null, range: null, queue: Promise.resolve(), wantsDepth: false,
   };
   s.ctx = s.canvas.getContext("2d");
   s.canvas.addEventListener("mousemove", (e) => {
@@ -40,22 +44,35 @@ function panel(name) {
       at(e.clientX, r.left, r.width, s.canvas.width),
       at(e.clientY, r.top, r.height, s.canvas.height),
     ];
+    wantDepth(s, true);
     showValue(s);
   });
   s.canvas.addEventListener("mouseleave", () => {
     s.pointer = null;
+    wantDepth(s, false);
     showValue(s);
   });
   state.streams[name] = s;
   return s;
 }
 
+// Tells the server which streams' depth values to send: those the pointer is over.
+function wantDepth(s, on) {
+  if (s.wantsDepth === on) return;
+  s.wantsDepth = on;
+  const names = Object.values(state.streams).filter((t) => t.wantsDepth).map((t) => t.name);
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify({ depth: names }));
+  }
+}
+state.wantDepth = (name, on) => wantDepth(panel(name), on);
+
 // The depth at view pixel (x, y) of the frame shown: {x, y, metres} in depth pixels (metres
-// null where there is no depth), or null outside the image. Over the input (side by side) it
-// is the depth of the same pixel: both have the depth's size.
+// null where there is no depth), or null outside the image or while its values are on their
+// way. Over the input (side by side) it is the depth of the same pixel: both have its size.
 function depthAt(name, x, y) {
   const s = state.streams[name];
-  if (!s || !s.meta) return null;
+  if (!s || !s.meta || !s.depth) return null;
   const d = s.meta.depth;
   const u = x >= d.x ? x - d.x : x;
   if (u < 0 || u >= d.width || y < 0 || y >= d.height) return null;
@@ -67,7 +84,8 @@ state.depthAt = depthAt;
 function showValue(s) {
   const out = s.node.querySelector(".value");
   const at = s.pointer && depthAt(s.name, s.pointer[0], s.pointer[1]);
-  if (!at) out.textContent = "–";
+  if (s.pointer && s.meta && !s.depth) out.textContent = "…"; // the values are on their way
+  else if (!at) out.textContent = "–";
   else if (at.metres === null) out.textContent = `no depth at (${at.x}, ${at.y})`;
   else out.textContent = `${at.metres.toFixed(2)} m at (${at.x}, ${at.y})`;
 }
@@ -101,17 +119,40 @@ function header(buf) {
   return [n, JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)))];
 }
 
+// The depth's colours from its levels: the colormap's entry per pixel, into an image kept per
+// stream (RGBA bytes; the lookup table holds each colour's four bytes as one 32-bit word).
+function coloured(s, levels, width, height) {
+  if (!s.image || s.image.width !== width || s.image.height !== height) {
+    s.image = s.ctx.createImageData(width, height);
+    s.pixels = new Uint32Array(s.image.data.buffer);
+  }
+  const lut = state.lut;
+  const px = s.pixels;
+  for (let i = 0; i < levels.length; i++) px[i] = lut[levels[i]];
+  return s.image;
+}
+
 async function showFrame(s, buf, n, meta) {
   const d = meta.depth;
-  const depth = new Uint16Array(buf, 4 + n, d.width * d.height); // little-endian, as all browsers
-  const jpeg = new Uint8Array(buf, 4 + n + 2 * d.width * d.height, meta.jpeg);
-  const bitmap = await createImageBitmap(new Blob([jpeg], { type: "image/jpeg" }));
-  if (s.canvas.width !== bitmap.width || s.canvas.height !== bitmap.height) {
-    s.canvas.width = bitmap.width;
-    s.canvas.height = bitmap.height;
+  const size = d.width * d.height;
+  let at = 4 + n;
+  const depth = d.values ? new Uint16Array(buf, at, size) : null; // little-endian, as all are
+  at += d.values ? 2 * size : 0;
+  const levels = meta.levels ? new Uint8Array(buf, at, size) : null;
+  at += meta.levels ? size : 0;
+  const jpeg = new Uint8Array(buf, at, meta.jpeg);
+  const blob = meta.jpeg ? new Blob([jpeg], { type: "image/jpeg" }) : null;
+  const bitmap = blob ? await createImageBitmap(blob) : null;
+  const [h, w] = meta.view;
+  if (s.canvas.width !== w || s.canvas.height !== h) {
+    s.canvas.width = w;
+    s.canvas.height = h;
   }
-  s.ctx.drawImage(bitmap, 0, 0);
-  bitmap.close();
+  if (bitmap) {
+    s.ctx.drawImage(bitmap, 0, 0);
+    bitmap.close();
+  }
+  if (levels) s.ctx.putImageData(coloured(s, levels, d.width, d.height), d.x, 0);
   s.meta = meta;
   s.depth = depth;
   s.shown += 1;
@@ -128,6 +169,9 @@ async function showFrame(s, buf, n, meta) {
 function onText(msg) {
   if (msg.type === "hello") {
     state.colours = msg.colormap;
+    const bytes = new Uint8Array(4 * 256);
+    msg.colormap.forEach(([r, g, b], level) => bytes.set([r, g, b, 255], 4 * level));
+    state.lut = new Uint32Array(bytes.buffer);
     msg.streams.forEach(panel);
     setStatus("live", "live");
   } else if (msg.type === "end") {
