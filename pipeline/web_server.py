@@ -351,8 +351,8 @@ class WebServer:
                 try:
                     got = json.loads(message)
                     ack, want = got.get("ack"), got.get("depth")
-                except (ValueError, TypeError, AttributeError):
-                    continue  # not ours: ignored
+                except (ValueError, TypeError, AttributeError, RecursionError):
+                    continue  # not ours (or nested too deep to parse): ignored
                 if isinstance(ack, str):
                     client.in_flight.discard(ack)
                 if isinstance(want, list):

@@ -33,8 +33,9 @@ so the picture left on the page stays readable. They are 600 KB a 480x640 frame 
 stream at 30 fps, per browser), for a number read only under the pointer.
 
 The colours are those of the pipeline's own view (pipeline.colour.colorize with postprocess's
-depth_range and colormap): its depth part when postprocess made one for another output, else made
-here, in the server's thread, only for the frames a browser is sent (at most outputs.web.max_fps
+depth_range and colormap): as JPEG its depth part when postprocess made one for another output,
+else made here; as levels always made here from the depth (the same levels colorize maps); here
+means in the server's thread, only for the frames a browser is sent (at most outputs.web.max_fps
 per stream); the input beside it is the frame as captured (result.image, which the pipeline
 forwards to the sinks for this), put beside it as postprocess does (colour.side_by_side). Per
 stream, `fps` is the sink's delivery rate over the last FPS_WINDOW_S, `latency_ms`

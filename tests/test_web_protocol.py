@@ -24,7 +24,9 @@ from pipeline.colour import colorize
 from pipeline.colour import levels as colour_levels
 from pipeline.config import WebConfig
 from pipeline.config_file import config_from_dict
+from pipeline.results import DepthResult
 from pipeline.web_server import on_this_host
+from pipeline.web_sink import WebSink
 
 pytest.importorskip("websockets.sync.client")
 from websockets.sync.client import ClientConnection, connect  # noqa: E402
@@ -96,6 +98,8 @@ def test_depth_values_travel_only_when_asked_for_and_with_the_last_frame(
             try:
                 sender.send(frame_at(0, h, w))
                 got.append(receive(ws))  # nobody asked: no values
+                for junk in ("[" * 3000, "5", "[1, 2]", "not json", '{"ack": 5, "depth": "cam"}'):
+                    ws.send(junk)  # ignored; the connection goes on
                 # Asked for (with names that are not streams, ignored): the same frame again,
                 # once the page acknowledged the one it has.
                 ws.send(json.dumps({"depth": [5, "nope", "cam"]}))
@@ -190,3 +194,32 @@ def test_bad_web_options_are_usage_errors():
 def test_web_options_set_outputs_web(argv, web):
     config = cli.build_config(cli.build_parser().parse_args(["--source", "x.avi", *argv]))
     assert config.outputs.web == web
+
+
+def test_web_options_on_a_config_with_web_true(tmp_path):
+    path = tmp_path / "web.yaml"
+    path.write_text("sources: [x.avi]\noutputs:\n  web: true\n")
+    argv = ["--config", str(path), "--side-by-side", "--web-encoding", "jpeg"]
+    config = cli.build_config(cli.build_parser().parse_args(argv))
+    assert config.outputs.web == WebConfig(side_by_side=True, encoding="jpeg")
+
+
+def test_each_form_of_a_frame_is_made_once_and_a_browser_elsewhere_gets_jpeg():
+    """The per-frame cache is keyed by the form: a browser here gets levels, one elsewhere the
+    JPEG, each made once and the same bytes for every browser wanting it."""
+    h, w = 30, 40
+    depth = np.linspace(0.5, 9.5, h * w, dtype=np.float32).reshape(h, w)
+    result = DepthResult({"stream": "cam", "index": 7, "max_depth": 10.0}, depth)
+    sink = WebSink(WebConfig(port=0), ["cam"])
+    try:
+        frame = sink.encode((result, {"fps": 1.0, "latency_ms": 2.0, "drops": 0, "delivered": 1}))
+        here, elsewhere = frame.payload(False, local=True), frame.payload(False, local=False)
+        assert frame.payload(False, local=True) is here  # made once
+        assert frame.payload(False, local=False) is elsewhere
+        assert parse(here).meta["levels"] and not parse(elsewhere).meta["levels"]
+        assert np.array_equal(parse(here).levels, colour_levels(depth, (0.0, 10.0)))
+        assert parse(here).jpeg == b"" and len(parse(elsewhere).jpeg) > 0
+        with_values = parse(frame.payload(True, local=False))
+        assert with_values.depth is not None and with_values.jpeg == parse(elsewhere).jpeg
+    finally:
+        sink.close()

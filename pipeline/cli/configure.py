@@ -130,6 +130,8 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
         host, port = args.web  # (None, None): --web alone, the config's or the defaults
         web.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
         outputs["web"] = web
+    if outputs.get("web") is True:  # `web: true` in the config: its defaults
+        outputs["web"] = {}
     if args.side_by_side and isinstance(outputs.get("web"), dict):  # the web view's too
         outputs["web"] = {**outputs["web"], "side_by_side": True}
     if args.web_encoding is not None:

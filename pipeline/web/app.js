@@ -60,6 +60,10 @@ function panel(name) {
 function wantDepth(s, on) {
   if (s.wantsDepth === on) return;
   s.wantsDepth = on;
+  sendWants();
+}
+
+function sendWants() {
   const names = Object.values(state.streams).filter((t) => t.wantsDepth).map((t) => t.name);
   if (state.ws && state.ws.readyState === WebSocket.OPEN) {
     state.ws.send(JSON.stringify({ depth: names }));
@@ -84,7 +88,9 @@ state.depthAt = depthAt;
 function showValue(s) {
   const out = s.node.querySelector(".value");
   const at = s.pointer && depthAt(s.name, s.pointer[0], s.pointer[1]);
-  if (s.pointer && s.meta && !s.depth) out.textContent = "…"; // the values are on their way
+  if (s.pointer && s.meta && !s.depth) {
+    out.textContent = state.stopped ? "–" : "…"; // on their way, unless the pipeline is gone
+  }
   else if (!at) out.textContent = "–";
   else if (at.metres === null) out.textContent = `no depth at (${at.x}, ${at.y})`;
   else out.textContent = `${at.metres.toFixed(2)} m at (${at.x}, ${at.y})`;
@@ -187,6 +193,7 @@ function connect() {
   const ws = new WebSocket(`${scheme}://${location.host}/ws`);
   ws.binaryType = "arraybuffer";
   state.ws = ws;
+  ws.onopen = sendWants; // a pointer over a stream before the connection was open
   ws.onmessage = (e) => {
     if (typeof e.data === "string") {
       onText(JSON.parse(e.data));
