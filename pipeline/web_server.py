@@ -283,7 +283,8 @@ class WebServer:
         if cached is None or stream in self._failed:
             return None
         values = final or stream in client.want
-        if client.seen.get(stream, (0, False)) in ((cached[0], True), (cached[0], values)):
+        had, had_values = client.seen.get(stream, (0, False))
+        if had == cached[0] and (had_values or not values):  # it has this frame as wanted
             return None
         message = self._encoding(stream, lambda: cached[1].payload(values, client.local))
         return None if message is None else (cached[0], values, message)

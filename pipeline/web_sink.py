@@ -52,6 +52,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import MutableMapping, Sequence
+from functools import cached_property
 from typing import Any
 
 import cv2
@@ -210,28 +211,27 @@ class ViewFrame:
 
     def __init__(self, sink: WebSink, result: DepthResult, stats: dict[str, Any]) -> None:
         self.sink, self.result, self.stats = sink, result, stats
-        self._parts: dict[str, bytes] = {}
+        self.beside = sink.config.side_by_side and result.image is not None
         self._payloads: dict[tuple[bool, bool], bytes] = {}
 
-    def part(self, name: str) -> bytes:
-        got = self._parts.get(name)
-        if got is None:
-            sink, result = self.sink, self.result
-            h, w = result.depth.shape
-            if name == "depth":
-                got = depth_to_png16(result.depth).astype("<u2", copy=False).tobytes()
-            elif name == "levels":
-                got = levels(result.depth, sink.view_range(result)).tobytes()
-            elif name == "input":  # beside the levels
-                got = sink.jpeg(fit(result.image, h, w)) if self.beside else b""
-            else:  # the whole picture
-                got = sink.jpeg(sink.picture(result))
-            self._parts[name] = got
-        return got
+    @cached_property
+    def depth16(self) -> bytes:
+        return depth_to_png16(self.result.depth).astype("<u2", copy=False).tobytes()
 
-    @property
-    def beside(self) -> bool:
-        return self.sink.config.side_by_side and self.result.image is not None
+    @cached_property
+    def level_bytes(self) -> bytes:
+        return levels(self.result.depth, self.sink.view_range(self.result)).tobytes()
+
+    @cached_property
+    def input_jpeg(self) -> bytes:
+        """The input frame beside the levels (none without side_by_side)."""
+        if not self.beside:
+            return b""
+        return self.sink.jpeg(fit(self.result.image, *self.result.depth.shape))
+
+    @cached_property
+    def picture_jpeg(self) -> bytes:
+        return self.sink.jpeg(self.sink.picture(self.result))
 
     def payload(self, values: bool, local: bool) -> bytes:
         """The message with the depth values or not, for a browser on this host or not."""
@@ -241,7 +241,7 @@ class ViewFrame:
             result = self.result
             h, w = result.depth.shape
             x = w if self.beside else 0
-            jpeg = self.part("input" if as_levels else "picture")
+            jpeg = self.input_jpeg if as_levels else self.picture_jpeg
             meta = {
                 "type": "frame",
                 "stream": result.stream,
@@ -257,7 +257,7 @@ class ViewFrame:
             text = json.dumps(meta).encode()
             text += b" " * (len(text) % 2)  # the depth starts at an even offset (a Uint16Array)
             parts = [struct.pack("<I", len(text)), text]
-            parts += [self.part("depth")] if values else []
-            parts += [self.part("levels")] if as_levels else []
+            parts += [self.depth16] if values else []
+            parts += [self.level_bytes] if as_levels else []
             got = self._payloads[(values, as_levels)] = b"".join((*parts, jpeg))
         return got

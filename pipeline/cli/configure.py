@@ -118,18 +118,13 @@ def _apply_to_outputs(data: dict[str, Any], args: argparse.Namespace, where: str
     if args.publish is not None:
         pub = outputs.get("zmq")
         outputs["zmq"] = {**(pub if isinstance(pub, dict) else {}), "endpoint": args.publish}
-    if args.foxglove is not None:
-        fox = outputs.get("foxglove")
-        fox = dict(fox) if isinstance(fox, dict) else {}
-        host, port = args.foxglove  # (None, None): --foxglove alone, the config's or the defaults
-        fox.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
-        outputs["foxglove"] = fox
-    if args.web is not None:
-        web = outputs.get("web")
-        web = dict(web) if isinstance(web, dict) else {}
-        host, port = args.web  # (None, None): --web alone, the config's or the defaults
-        web.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
-        outputs["web"] = web
+    for name in ("foxglove", "web"):
+        if getattr(args, name) is not None:
+            section = outputs.get(name)
+            section = dict(section) if isinstance(section, dict) else {}
+            host, port = getattr(args, name)  # (None, None): the option alone, config's/defaults
+            section.update({k: v for k, v in (("host", host), ("port", port)) if v is not None})
+            outputs[name] = section
     if outputs.get("web") is True:  # `web: true` in the config: its defaults
         outputs["web"] = {}
     if args.side_by_side and isinstance(outputs.get("web"), dict):  # the web view's too
